@@ -1,0 +1,203 @@
+-- Tables, types and roles of api_key. Runs first (bootstrap); functions come later.
+-- Everything lives in schema api_key except the public API functions, which live in the
+-- extension's schema (public by default) so callers need no qualification.
+
+CREATE SCHEMA IF NOT EXISTS api_key;
+COMMENT ON SCHEMA api_key IS 'API keys: tables, internal functions and policies of the api_key extension';
+
+-- Roles are cluster-wide and outlive the extension: create them only when absent.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'api_key_user') THEN
+        CREATE ROLE api_key_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'api_key_admin') THEN
+        CREATE ROLE api_key_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE api_key_user IS 'api_key: may verify and authenticate keys, and manage keys as the actor set in api_key.actor';
+COMMENT ON ROLE api_key_admin IS 'api_key: the service; may manage any key and configuration without an actor';
+
+CREATE TABLE api_key.configs (
+    id                  text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9_.:-]{1,64}$'),
+    prefix              text NOT NULL DEFAULT 'sk_' CHECK (prefix ~ '^[A-Za-z0-9_-]{0,32}$'),
+    body_length         integer NOT NULL DEFAULT 32 CHECK (body_length BETWEEN 22 AND 128),
+    hash_algorithm      text NOT NULL DEFAULT 'sha256' CHECK (hash_algorithm IN ('sha256', 'argon2id')),
+    default_expires_in  interval CHECK (default_expires_in > '0'),
+    min_expires_in      interval CHECK (min_expires_in > '0'),
+    max_expires_in      interval CHECK (max_expires_in > '0'),
+    name_required       boolean NOT NULL DEFAULT false,
+    name_min_length     integer NOT NULL DEFAULT 1 CHECK (name_min_length >= 0),
+    name_max_length     integer NOT NULL DEFAULT 128 CHECK (name_max_length BETWEEN 1 AND 1024),
+    prefix_min_length   integer NOT NULL DEFAULT 0 CHECK (prefix_min_length BETWEEN 0 AND 32),
+    prefix_max_length   integer NOT NULL DEFAULT 32 CHECK (prefix_max_length BETWEEN 0 AND 32),
+    metadata_enabled    boolean NOT NULL DEFAULT true,
+    default_permissions jsonb,
+    rate_limit_enabled  boolean NOT NULL DEFAULT false,
+    rate_limit_max      integer CHECK (rate_limit_max > 0),
+    rate_limit_window   interval CHECK (rate_limit_window > '0'),
+    default_remaining   bigint CHECK (default_remaining >= 0),
+    refill_amount       bigint CHECK (refill_amount > 0),
+    refill_interval     interval CHECK (refill_interval > '0'),
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    CHECK (hash_algorithm <> 'argon2id' OR body_length >= 40),
+    CHECK (min_expires_in IS NULL OR max_expires_in IS NULL OR min_expires_in <= max_expires_in),
+    CHECK (name_min_length <= name_max_length),
+    CHECK (prefix_min_length <= prefix_max_length),
+    CHECK (NOT rate_limit_enabled OR (rate_limit_max IS NOT NULL AND rate_limit_window IS NOT NULL)),
+    CHECK ((refill_amount IS NULL) = (refill_interval IS NULL))
+);
+COMMENT ON TABLE api_key.configs IS 'Named key configurations: format, hashing, expiry bounds, name rules and usage defaults. "default" is created at install.';
+INSERT INTO api_key.configs (id) VALUES ('default');
+
+CREATE TABLE api_key.keys (
+    id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    config_id          text NOT NULL REFERENCES api_key.configs (id),
+    reference_type     text NOT NULL,
+    reference_id       text NOT NULL,
+    name               text,
+    prefix             text NOT NULL,
+    start              text NOT NULL,
+    enabled            boolean NOT NULL DEFAULT true,
+    expires_at         timestamptz,
+    permissions        jsonb,
+    metadata           jsonb,
+    remaining          bigint CHECK (remaining >= 0),
+    refill_amount      bigint CHECK (refill_amount > 0),
+    refill_interval    interval CHECK (refill_interval > '0'),
+    last_refill_at     timestamptz,
+    rate_limit_enabled boolean NOT NULL DEFAULT false,
+    rate_limit_max     integer CHECK (rate_limit_max > 0),
+    rate_limit_window  interval CHECK (rate_limit_window > '0'),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    created_by         text,
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    last_used_at       timestamptz,
+    CHECK (NOT rate_limit_enabled OR (rate_limit_max IS NOT NULL AND rate_limit_window IS NOT NULL))
+) WITH (fillfactor = 80);  -- room for HOT updates of credits and last_used_at
+COMMENT ON TABLE api_key.keys IS 'One row per key: owner (reference_type, reference_id), permissions, limits and usage state. Never the key or its hash (see api_key.key_secrets).';
+COMMENT ON COLUMN api_key.keys.start IS 'The first characters of the key, for display; not enough to use it';
+COMMENT ON COLUMN api_key.keys.remaining IS 'Credits left; NULL means unlimited';
+COMMENT ON COLUMN api_key.keys.last_used_at IS 'Last admitted verification, kept coarsely: see api_key.last_used_flush_interval';
+COMMENT ON COLUMN api_key.keys.created_by IS 'Audit only: the actor that created the key. Ownership is (reference_type, reference_id).';
+CREATE INDEX keys_by_reference ON api_key.keys (reference_type, reference_id, created_at, id);
+CREATE INDEX keys_by_expiry ON api_key.keys (expires_at) WHERE expires_at IS NOT NULL;
+
+-- Hashes live apart from api_key.keys so that application roles can SELECT * from keys
+-- under RLS while this table stays unreadable to them.
+CREATE TABLE api_key.key_secrets (
+    lookup      bytea PRIMARY KEY,
+    key_id      uuid NOT NULL REFERENCES api_key.keys (id) ON DELETE CASCADE,
+    algorithm   text NOT NULL CHECK (algorithm IN ('sha256', 'argon2id')),
+    argon2_hash text CHECK ((algorithm = 'argon2id') = (argon2_hash IS NOT NULL)),
+    expires_at  timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE api_key.key_secrets IS 'Hashes of keys. lookup = SHA-256 of the key (sha256) or of its lookup id (argon2id). expires_at ends a rotated-away secret''s grace period. Readable by no application role.';
+CREATE INDEX key_secrets_by_key ON api_key.key_secrets (key_id);
+
+-- Rate-limit windows change on every admitted verification; UNLOGGED keeps that free of WAL.
+-- A crash empties the table, which only forgets the current windows (documented).
+CREATE UNLOGGED TABLE api_key.rate_limit_windows (
+    key_id       uuid PRIMARY KEY,
+    window_start timestamptz NOT NULL,
+    admitted     integer NOT NULL
+);
+COMMENT ON TABLE api_key.rate_limit_windows IS 'Current fixed rate-limit window per key (unlogged: no WAL per verification; emptied by a crash)';
+
+CREATE TYPE api_key.verification AS (
+    valid                boolean,
+    code                 text,
+    key_id               uuid,
+    reference_type       text,
+    reference_id         text,
+    config_id            text,
+    name                 text,
+    permissions          jsonb,
+    metadata             jsonb,
+    remaining            bigint,
+    rate_limit_remaining integer,
+    retry_after_ms       bigint,
+    expires_at           timestamptz
+);
+COMMENT ON TYPE api_key.verification IS 'Result of api_key_verify: one row, valid or not, with a code';
+
+CREATE TYPE api_key.created_key AS (
+    id             uuid,
+    key            text,
+    start          text,
+    prefix         text,
+    name           text,
+    reference_type text,
+    reference_id   text,
+    config_id      text,
+    expires_at     timestamptz,
+    created_at     timestamptz
+);
+COMMENT ON TYPE api_key.created_key IS 'Result of api_key_create and api_key_rotate. key is the plaintext, shown this once.';
+
+-- Default membership source.
+CREATE TABLE api_key.organizations (
+    id         text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 256),
+    name       text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE api_key.organizations IS 'Organizations of the default membership source (optional: keys may belong to organizations that live only in the application)';
+
+CREATE TABLE api_key.members (
+    organization_id text NOT NULL REFERENCES api_key.organizations (id) ON DELETE CASCADE,
+    user_id         text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 256),
+    role            text NOT NULL CHECK (length(role) BETWEEN 1 AND 64),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, user_id)
+);
+COMMENT ON TABLE api_key.members IS 'Members of organizations and their roles (default membership source)';
+CREATE INDEX members_by_user ON api_key.members (user_id);
+
+-- Which role may do what to an organization's keys. organization_id NULL holds the defaults;
+-- an organization that has any row for a role replaces the defaults for that role.
+CREATE TABLE api_key.role_permissions (
+    organization_id text,
+    role            text NOT NULL CHECK (length(role) BETWEEN 1 AND 64),
+    permission      text NOT NULL CHECK (permission IN ('create', 'read', 'update', 'delete')),
+    UNIQUE NULLS NOT DISTINCT (organization_id, role, permission)
+);
+COMMENT ON TABLE api_key.role_permissions IS 'api_key:<permission> granted to organization roles; organization_id NULL = defaults, overridden per organization and role';
+INSERT INTO api_key.role_permissions (organization_id, role, permission) VALUES
+    (NULL, 'owner', 'create'), (NULL, 'owner', 'read'), (NULL, 'owner', 'update'), (NULL, 'owner', 'delete'),
+    (NULL, 'admin', 'create'), (NULL, 'admin', 'read'), (NULL, 'admin', 'update'), (NULL, 'admin', 'delete'),
+    (NULL, 'member', 'read');
+
+-- Where membership is read from: absent row = api_key.members.
+CREATE TABLE api_key.membership_source (
+    singleton           boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    relation            regclass NOT NULL,
+    organization_column name NOT NULL,
+    user_column         name NOT NULL,
+    role_column         name NOT NULL
+);
+COMMENT ON TABLE api_key.membership_source IS 'Application table that membership is read from live (set with api_key_use_membership_table); empty = api_key.members';
+
+-- Custom owner kinds ('project', 'store', …) and the function that authorizes actors on them.
+CREATE TABLE api_key.reference_types (
+    reference_type text PRIMARY KEY CHECK (reference_type ~ '^[a-z][a-z0-9_]{0,62}$' AND reference_type NOT IN ('user', 'organization')),
+    authorizer     regprocedure NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE api_key.reference_types IS 'Custom reference types and their authorizer(actor text, reference_id text, action text) returns boolean';
+
+CREATE TABLE api_key.audit_log (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at             timestamptz NOT NULL DEFAULT now(),
+    actor          text,
+    database_role  text NOT NULL,
+    action         text NOT NULL,
+    key_id         uuid,
+    reference_type text,
+    reference_id   text,
+    detail         jsonb
+);
+COMMENT ON TABLE api_key.audit_log IS 'Management actions (create, update, revoke, rotate, …): who (actor, or the service role), what, on which key and reference';
+CREATE INDEX audit_log_by_reference ON api_key.audit_log (reference_type, reference_id, at);

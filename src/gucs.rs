@@ -1,0 +1,34 @@
+//! Every setting of the extension, in one place.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// `api_key.actor`: who management calls act for, usually `SET LOCAL` per transaction so that
+/// it never outlives the request on a pooled connection. Read by SQL with
+/// `current_setting('api_key.actor', true)`; defined here so that `SHOW` documents it.
+pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `api_key.last_used_flush_interval`: seconds a backend keeps `last_used_at` updates in
+/// memory before writing them in one batch. This is the precision of `last_used_at`.
+pub static LAST_USED_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(30);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"api_key.actor",
+        c"The user that api_key management calls act for.",
+        c"Set it per transaction (SET LOCAL). Empty or unset: the caller acts as the service, which only roles granted api_key_admin (or superusers) may.",
+        &ACTOR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.last_used_flush_interval",
+        c"Seconds between batched writes of last_used_at by one backend.",
+        c"last_used_at is kept in backend memory and written at most this often, so that verification costs no WAL write per call.",
+        &LAST_USED_FLUSH_INTERVAL,
+        1,
+        3600,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}

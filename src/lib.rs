@@ -1,0 +1,50 @@
+//! api_key: API keys managed inside PostgreSQL.
+//!
+//! The pure logic (key format, hashing, permission matching, rate-limit arithmetic) lives in
+//! plain modules with ordinary tests; `verify` holds the hot path of `api_key_verify`; the
+//! management functions are SQL (`sql/*.sql`) calling the few Rust primitives they need.
+#![deny(ffi_unwind_calls)]
+
+use pgrx::prelude::*;
+
+#[cfg(not(panic = "unwind"))]
+compile_error!("api_key needs panic = \"unwind\": pgrx turns panics into Postgres errors");
+
+::pgrx::pg_module_magic!(name, version);
+
+pub mod caller;
+pub mod context;
+pub mod errors;
+pub mod gucs;
+pub mod hashing;
+pub mod key_format;
+pub mod last_used;
+pub mod permissions;
+pub mod primitives;
+pub mod rate_limit;
+pub mod verify;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/access.sql", name = "access", finalize);
+extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"], finalize);
+extension_sql_file!("../sql/configs.sql", name = "configs", requires = ["access"], finalize);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["keys", "configs"], finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}
