@@ -4,7 +4,7 @@
 
 CREATE FUNCTION api_key.actor() RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT pg_catalog.nullif(pg_catalog.current_setting('api_key.actor', true), '') $$;
+AS $$ SELECT NULLIF(pg_catalog.current_setting('api_key.actor', true), '') $$;
 COMMENT ON FUNCTION api_key.actor() IS 'The actor of this transaction (api_key.actor), or NULL';
 
 -- Role of p_user_id in p_organization_id, from api_key.members or from the application

@@ -47,7 +47,7 @@ mod api_key {
 
     /// A token naming the current role, valid in this transaction only.
     #[pg_extern(volatile, parallel_unsafe)]
-    fn caller_token() -> i64 {
+    pub fn caller_token() -> i64 {
         let value = (rand::rngs::OsRng.next_u64() >> 1) as i64;
         // SAFETY: GetUserId only reads backend state.
         let role = unsafe { pg_sys::GetUserId() };
@@ -65,7 +65,7 @@ mod api_key {
 
     /// Whether the role behind `token` may act as the service. Unknown tokens are not.
     #[pg_extern(volatile, parallel_unsafe)]
-    fn caller_is_service(token: Option<i64>) -> bool {
+    pub fn caller_is_service(token: Option<i64>) -> bool {
         let Some(token) = token else { return false };
         let lxid = local_xid();
         let role = TOKENS.with(|t| {
@@ -76,7 +76,7 @@ mod api_key {
 
     /// The name of the role behind `token`, for the audit log.
     #[pg_extern(volatile, parallel_unsafe)]
-    fn caller_role(token: Option<i64>) -> Option<String> {
+    pub fn caller_role(token: Option<i64>) -> Option<String> {
         let token = token?;
         let lxid = local_xid();
         let role = TOKENS.with(|t| {

@@ -28,9 +28,19 @@ pub mod verify;
 mod tests;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/access.sql", name = "access", finalize);
-extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"], finalize);
-extension_sql_file!("../sql/configs.sql", name = "configs", requires = ["access"], finalize);
+extension_sql_file!(
+    "../sql/access.sql",
+    name = "access",
+    requires = [
+        caller::api_key::caller_token,
+        caller::api_key::caller_is_service,
+        caller::api_key::caller_role,
+        primitives::api_key::new_secret,
+        primitives::api_key::permissions_problem,
+    ]
+);
+extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"]);
+extension_sql_file!("../sql/configs.sql", name = "configs", requires = ["access", "keys"]);
 extension_sql_file!("../sql/security.sql", name = "security", requires = ["keys", "configs"], finalize);
 
 #[pg_guard]

@@ -15,7 +15,7 @@ mod api_key {
     /// A new key for `prefix`/`body_length`/`algorithm`: the plaintext (returned to the caller
     /// once), its display start, the index lookup value and, for argon2id, the Argon2 hash.
     #[pg_extern(volatile, parallel_safe)]
-    fn new_secret(
+    pub fn new_secret(
         prefix: &str,
         body_length: i32,
         algorithm: &str,
@@ -56,7 +56,7 @@ mod api_key {
 
     /// Why `value` is not a permissions object (`{"resource": ["action", …]}`), or NULL.
     #[pg_extern(immutable, parallel_safe)]
-    fn permissions_problem(value: pgrx::JsonB) -> Option<String> {
+    pub fn permissions_problem(value: pgrx::JsonB) -> Option<String> {
         permissions::shape_problem(&value.0)
     }
 }
