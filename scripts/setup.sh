@@ -11,7 +11,7 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-venv; do
+for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

@@ -71,7 +71,8 @@ CREATE TABLE api_key.keys (
     rate_limit_enabled boolean NOT NULL DEFAULT false,
     rate_limit_max     integer CHECK (rate_limit_max > 0),
     rate_limit_window  interval CHECK (rate_limit_window > '0'),
-    created_at         timestamptz NOT NULL DEFAULT now(),
+    -- clock_timestamp: keys created in one transaction still list in creation order.
+    created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     created_by         text,
     updated_at         timestamptz NOT NULL DEFAULT now(),
     last_used_at       timestamptz,

@@ -11,7 +11,7 @@ pub fn retry_after_ms(window_start: i64, window: i64, now: i64) -> i64 {
     if left <= 0 {
         0
     } else {
-        (left + 999) / 1000
+        left / 1000 + i64::from(left % 1000 != 0)
     }
 }
 

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# The api_key benchmark, in one command (as root):   bench/run.sh
+#
+# Installs what it needs (scripts/setup.sh, the extension in release mode, the better-auth peer's
+# npm packages), starts a private cluster (.build/bench), loads keys, runs every scenario with
+# pgbench (8 clients, 2 threads, prepared protocol) and the better-auth peer from Node, and prints
+# the results table (also written to bench/.results/latest.md; raw results in bench/.results/<run>/).
+#
+# Environment (all optional):
+#   BENCH_SECONDS=15        measured seconds per scenario (warm-up: BENCH_WARMUP=3 more)
+#   BENCH_KEYS=100000       keys per set (plain, rate-limited, credits; baseline and hand-rolled too)
+#   BENCH_BIG_KEYS=1000000  keys in the large table of the scale scenario
+#   BENCH_ARGON_KEYS=1000   argon2id keys
+#   BENCH_BA_KEYS=10000     keys created through better-auth's API
+#   BENCH_SKIP_INSTALL=1    skip setup.sh, cargo pgrx install and npm ci (iterating on an installed build)
+#   BENCH_SKIP_BETTER_AUTH=1  skip the better-auth peer (its targets then read "n/a")
+#   BENCH_KEEP_CLUSTER=1    leave the cluster running afterwards
+#   PG_EXTRA_OPTS           server options (default below)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+B="$ROOT/bench"
+BIN=/usr/lib/postgresql/15/bin
+
+SECS=${BENCH_SECONDS:-15}
+WARMUP=${BENCH_WARMUP:-3}
+N=${BENCH_KEYS:-100000}
+N_BIG=${BENCH_BIG_KEYS:-1000000}
+N_ARGON=${BENCH_ARGON_KEYS:-1000}
+N_BA=${BENCH_BA_KEYS:-10000}
+CLIENTS=8
+THREADS=2
+BATCH=10000
+export PG_EXTRA_OPTS=${PG_EXTRA_OPTS:-"-c shared_buffers=1GB -c max_connections=200 -c synchronous_commit=on -c max_wal_size=8GB -c checkpoint_timeout=30min"}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+
+# --- install -------------------------------------------------------------------------------------
+if [ -z "${BENCH_SKIP_INSTALL:-}" ]; then
+    say "setup (scripts/setup.sh)"
+    scripts/setup.sh
+    say "installing api_key (release)"
+    cargo pgrx install --release --pg-config "$BIN/pg_config"
+    if [ -z "${BENCH_SKIP_BETTER_AUTH:-}" ]; then
+        if ! command -v npm >/dev/null; then
+            say "installing nodejs and npm"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+        fi
+        say "installing the better-auth peer (npm ci)"
+        (cd "$B/better-auth" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+fi
+for tool in python3 "$BIN/pgbench" psql; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+
+# --- cluster -------------------------------------------------------------------------------------
+RUN_ID=$(date -u +%Y%m%d-%H%M%S)
+OUT="$B/.results/$RUN_ID"
+mkdir -p "$OUT"
+say "fresh cluster .build/bench (results: bench/.results/$RUN_ID)"
+scripts/cluster.sh stop bench
+rm -rf .build/bench
+port=$(scripts/cluster.sh start bench)
+if [ -z "${BENCH_KEEP_CLUSTER:-}" ]; then trap 'scripts/cluster.sh stop bench' EXIT; fi
+export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
+PSQL=(psql -X -q -v ON_ERROR_STOP=1)
+
+python3 - "$OUT/meta.json" "$SECS" "$WARMUP" "$N" "$N_BIG" "$N_ARGON" "$N_BA" <<'PY'
+import json, os, platform, subprocess, sys, datetime
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return ""
+out, secs, warm, n, nbig, nargon, nba = sys.argv[1:]
+cpu = sh("sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1")
+json.dump({
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "cores": os.cpu_count(), "cpu": cpu,
+    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    "kernel": platform.release(),
+    "postgres": sh("/usr/lib/postgresql/15/bin/postgres --version"),
+    "extension_commit": sh("git -C .. rev-parse --short HEAD 2>/dev/null || git rev-parse --short HEAD"),
+    "extension_so": sh("ls -l --time-style=+%Y-%m-%dT%H:%M /usr/lib/postgresql/15/lib/api_key.so | awk '{print $6}'"),
+    "pg_options": os.environ.get("PG_EXTRA_OPTS", ""),
+    "seconds": int(secs), "warmup": int(warm), "keys": int(n), "big_keys": int(nbig),
+    "argon_keys": int(nargon), "better_auth_keys": int(nba),
+    "clients": 8, "threads": 2, "protocol": "prepared",
+}, open(out, "w"), indent=2)
+PY
+
+# --- helpers -------------------------------------------------------------------------------------
+# load DB LO HI ARGS: api_key_create for i in LO..HI, plaintexts into bench_keys, in batches of
+# BATCH keys (one statement and transaction each), alternating between two sessions (2 cores).
+# ARGS are api_key_create's named arguments and may use g (the key's number).
+load() {
+    local db=$1 lo=$2 hi=$3 args=$4 pids=() w s e
+    for w in 0 1; do
+        for ((s = lo + w * BATCH; s <= hi; s += 2 * BATCH)); do
+            e=$((s + BATCH - 1)); ((e > hi)) && e=$hi
+            echo "INSERT INTO bench_keys (i, key) SELECT g, c.key FROM generate_series($s, $e) AS g, LATERAL api_key_create($args) AS c;"
+        done | "${PSQL[@]}" -d "$db" &
+        pids+=($!)
+    done
+    for w in "${pids[@]}"; do wait "$w"; done
+}
+# timed_load NAME DB LO HI ARGS: load, and record the time in loads.jsonl.
+timed_load() {
+    local name=$1 t0; t0=$(now)
+    say "loading $name: $(($4 - $3 + 1)) keys"
+    load "$2" "$3" "$4" "$5"
+    local secs; secs=$(elapsed "$t0")
+    echo "{\"name\": \"$name\", \"keys\": $(($4 - $3 + 1)), \"seconds\": $secs}" >> "$OUT/loads.jsonl"
+    say "  $name: ${secs}s"
+}
+finish_load() { "${PSQL[@]}" -d "$1" -f "$B/sql/finish_load.sql" >/dev/null; }
+wal_lsn() { psql -X -At -d "$1" -c "SELECT pg_current_wal_lsn()"; }
+wal_diff() { psql -X -At -d "$1" -c "SELECT pg_wal_lsn_diff('$3', '$2')::bigint"; }
+q() { psql -X -At -d "$1" -c "$2"; }
+
+# scenario NAME DB SCRIPT [pgbench args...]: warm up, then measure with per-transaction logs.
+scenario() {
+    local name=$1 db=$2 script=$3; shift 3
+    say "scenario $name"
+    "${PSQL[@]}" -d "$db" -c CHECKPOINT
+    "$BIN/pgbench" -n -c "$CLIENTS" -j "$THREADS" -M prepared -T "$WARMUP" -f "$B/sql/$script" "$@" "$db" \
+        > "$OUT/$name.warmup.out" 2>&1 || true
+    local lsn0 lsn1 rc=0
+    lsn0=$(wal_lsn "$db")
+    "$BIN/pgbench" -n -c "$CLIENTS" -j "$THREADS" -M prepared -T "$SECS" -f "$B/sql/$script" "$@" \
+        -l --log-prefix="$OUT/$name" "$db" > "$OUT/$name.out" 2>&1 || rc=$?
+    lsn1=$(wal_lsn "$db")
+    python3 "$B/report.py" summarize "$OUT" "$name" --exit-code "$rc" --wal-bytes "$(wal_diff "$db" "$lsn0" "$lsn1")"
+}
+# check NAME DESCRIPTION EXPECTED ACTUAL: an exactness check, recorded in checks.jsonl.
+check() {
+    local ok=false; [ "$3" = "$4" ] && ok=true
+    echo "{\"scenario\": \"$1\", \"check\": \"$2\", \"expected\": \"$3\", \"actual\": \"$4\", \"ok\": $ok}" >> "$OUT/checks.jsonl"
+    $ok || say "  CHECK FAILED: $1: $2: expected $3, got $4"
+}
+txns() { # transactions processed by the warm-up and the measured run of scenario NAME
+    python3 - "$OUT/$1.warmup.out" "$OUT/$1.out" <<'PY'
+import re, sys
+print(sum(int(m.group(1)) for f in sys.argv[1:] for m in [re.search(r"number of transactions actually processed: (\d+)", open(f).read())] if m))
+PY
+}
+
+# --- database bench: baseline, hand-rolled, every verification mode ------------------------------
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench" -c "CREATE DATABASE bench_scale" -c "CREATE DATABASE better_auth"
+"${PSQL[@]}" -d bench -f "$B/sql/setup_bench.sql" >/dev/null
+
+timed_load plain bench 1 "$N" "reference_id => 'user_' || (g % 10000), name => 'plain ' || g"
+timed_load rate_limited bench 10000001 $((10000000 + N)) \
+    "reference_id => 'user_' || (g % 10000), name => 'rate ' || g, rate_limit_max => 1000000, rate_limit_window => '1 hour'"
+timed_load credits bench 20000001 $((20000000 + N)) \
+    "reference_id => 'user_' || (g % 10000), name => 'credits ' || g, remaining => 1000000000"
+load bench 30000001 30000001 "reference_id => 'hot', name => 'hot rate', rate_limit_max => 2000000000, rate_limit_window => '1 hour'"
+load bench 40000001 40000001 "reference_id => 'hot', name => 'hot credits', remaining => 1000000000000"
+timed_load argon2id bench 50000001 $((50000000 + N_ARGON)) \
+    "reference_id => 'user_' || (g % 10000), name => 'argon ' || g, config_id => 'argon'"
+say "baseline and hand-rolled tables"
+"${PSQL[@]}" -d bench <<SQL
+INSERT INTO baseline_keys (hash, owner, name)
+SELECT sha256(convert_to(k.key, 'UTF8')), 'user_' || (k.i % 10000), 'plain ' || k.i FROM bench_keys k WHERE k.i BETWEEN 1 AND $N;
+INSERT INTO handrolled_keys (hash, owner, name, remaining)
+SELECT sha256(convert_to(k.key, 'UTF8')), 'user_' || (k.i % 10000), 'credits ' || k.i, 1000000000
+  FROM bench_keys k WHERE k.i BETWEEN 20000001 AND $((20000000 + N));
+SQL
+finish_load bench
+
+D=(-D "n=$N")
+scenario baseline bench baseline.sql "${D[@]}"
+scenario verify_plain bench verify_plain.sql "${D[@]}"
+
+before=$(q bench "SELECT sum(remaining) FROM handrolled_keys")
+scenario handrolled bench handrolled.sql "${D[@]}"
+check handrolled "credits spent = verifications" "$(txns handrolled)" "$((before - $(q bench "SELECT sum(remaining) FROM handrolled_keys")))"
+
+before=$(q bench "SELECT sum(remaining) FROM api_key.keys WHERE name LIKE 'credits %'")
+scenario verify_credits bench verify_credits.sql "${D[@]}"
+check verify_credits "credits spent = verifications" "$(txns verify_credits)" \
+    "$((before - $(q bench "SELECT sum(remaining) FROM api_key.keys WHERE name LIKE 'credits %'")))"
+
+scenario verify_rate bench verify_rate.sql "${D[@]}"
+check verify_rate "admitted in windows = verifications" "$(txns verify_rate)" \
+    "$(q bench "SELECT coalesce(sum(w.admitted), 0) FROM api_key.rate_limit_windows w JOIN api_key.keys k ON k.id = w.key_id WHERE k.name LIKE 'rate %'")"
+
+scenario verify_hot_rate bench verify_hot_rate.sql "${D[@]}"
+check verify_hot_rate "admitted in the window = verifications" "$(txns verify_hot_rate)" \
+    "$(q bench "SELECT w.admitted FROM api_key.rate_limit_windows w JOIN api_key.keys k ON k.id = w.key_id WHERE k.name = 'hot rate'")"
+
+scenario verify_hot_credits bench verify_hot_credits.sql "${D[@]}"
+check verify_hot_credits "credits spent = verifications" "$(txns verify_hot_credits)" \
+    "$((1000000000000 - $(q bench "SELECT remaining FROM api_key.keys WHERE name = 'hot credits'")))"
+
+scenario verify_argon bench verify_argon.sql -D "n=$N_ARGON"
+
+# --- database bench_scale: 100,000 keys, then 1,000,000; listing ------------------------------------
+"${PSQL[@]}" -d bench_scale -f "$B/sql/setup_scale.sql" >/dev/null
+SCALE_SMALL=$((N < N_BIG ? N : N_BIG))
+timed_load scale_first_100k bench_scale 1 "$SCALE_SMALL" \
+    "reference_id => 'org_big', reference_type => 'organization', name => 'org key ' || g"
+finish_load bench_scale
+scenario verify_100k bench_scale verify_scale.sql -D "n=$SCALE_SMALL"
+if ((N_BIG > SCALE_SMALL)); then
+    timed_load scale_rest_to_1m bench_scale $((SCALE_SMALL + 1)) "$N_BIG" \
+        "reference_id => 'user_' || (g % 10000), name => 'key ' || g"
+    finish_load bench_scale
+fi
+scenario verify_1m bench_scale verify_scale.sql -D "n=$N_BIG"
+scenario list_org bench_scale list_org.sql
+
+# --- the better-auth peer -------------------------------------------------------------------------
+if [ -z "${BENCH_SKIP_BETTER_AUTH:-}" ]; then
+    say "better-auth peer: $N_BA keys through auth.api.createApiKey, then verifyApiKey"
+    "${PSQL[@]}" -d postgres -c "CHECKPOINT"
+    (cd "$B/better-auth" && PGDATABASE=better_auth BENCH_OUT="$OUT/better-auth.json" BENCH_SECONDS=$SECS \
+        BENCH_WARMUP=$WARMUP BENCH_BA_KEYS=$N_BA BENCH_BA_WORKERS=$CLIENTS node bench.mjs 2> "$OUT/better-auth.log") \
+        || { say "better-auth peer failed:"; tail -20 "$OUT/better-auth.log" >&2; }
+fi
+
+# --- report ---------------------------------------------------------------------------------------
+python3 "$B/report.py" table "$OUT" | tee "$OUT/table.md"
+cp "$OUT/table.md" "$B/.results/latest.md"
+ln -sfn "$RUN_ID" "$B/.results/latest"
