@@ -162,7 +162,11 @@ def table(directory):
     lines.append(f"### api_key benchmark — {meta['date']}")
     lines.append("")
     lines.append(f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory_gb']} GB RAM, Linux {meta['kernel']}; "
-                 f"{meta['postgres']}; api_key.so built {meta['extension_so']}.  ")
+                 f"{meta['postgres']}; api_key.so: {meta.get('build', '?')} build of {meta['extension_so']}.  ")
+    if meta.get("build") == "debug":
+        lines.append("**WARNING: the installed api_key.so was a DEBUG build; these numbers are not representative.**  ")
+    if os.path.exists(os.path.join(directory, "warnings.json")):
+        lines.append("**WARNING: api_key.so was replaced during the run; some scenarios may have measured another build.**  ")
     lines.append(f"pgbench: {meta['clients']} clients, {meta['threads']} threads, -M {meta['protocol']}, "
                  f"{meta['seconds']} s per scenario after {meta['warmup']} s warm-up; server: `{meta['pg_options']}`.  ")
     if ba:
@@ -196,7 +200,7 @@ def table(directory):
     missed = [t for t in results if t[3] is False]
     n_pass = sum(1 for t in results if t[3] is True)
     lines.append(f"Targets: {n_pass} of {len(results)} met" + (
-        "; missed: " + "; ".join(f"{LABELS[s].split(',')[0] if s not in LABELS else s} {d} ({m})" for s, d, m, _ in missed)
+        "; missed: " + "; ".join(f"{s} {d} ({m})" for s, d, m, _ in missed)
         if missed else "") + ".")
     if loads:
         lines.append("")

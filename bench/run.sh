@@ -56,6 +56,18 @@ for tool in python3 "$BIN/pgbench" psql; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
 
+# The installed build: `cargo pgrx test` installs a debug build into the same directory, so say
+# which one is measured; and note it if the library is replaced during the run (that also kills
+# backends with SIGBUS, since the file is overwritten in place).
+SO="$($BIN/pg_config --pkglibdir)/api_key.so"
+so_stamp() { stat -c '%s %Y' "$SO" 2>/dev/null || echo missing; }
+SO_STAMP=$(so_stamp)
+BUILD=release
+if command -v readelf >/dev/null && readelf -S --wide "$SO" 2>/dev/null | grep -q '\.debug_info'; then
+    BUILD=debug
+    say "WARNING: $SO is a DEBUG build (with debug_info): results will not be representative"
+fi
+
 # --- cluster -------------------------------------------------------------------------------------
 RUN_ID=$(date -u +%Y%m%d-%H%M%S)
 OUT="$B/.results/$RUN_ID"
@@ -68,7 +80,7 @@ if [ -z "${BENCH_KEEP_CLUSTER:-}" ]; then trap 'scripts/cluster.sh stop bench' E
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
 PSQL=(psql -X -q -v ON_ERROR_STOP=1)
 
-python3 - "$OUT/meta.json" "$SECS" "$WARMUP" "$N" "$N_BIG" "$N_ARGON" "$N_BA" <<'PY'
+BUILD=$BUILD python3 - "$OUT/meta.json" "$SECS" "$WARMUP" "$N" "$N_BIG" "$N_ARGON" "$N_BA" <<'PY'
 import json, os, platform, subprocess, sys, datetime
 def sh(c):
     try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
@@ -84,6 +96,7 @@ json.dump({
     "extension_commit": sh("git -C .. rev-parse --short HEAD 2>/dev/null || git rev-parse --short HEAD"),
     "extension_so": sh("ls -l --time-style=+%Y-%m-%dT%H:%M /usr/lib/postgresql/15/lib/api_key.so | awk '{print $6}'"),
     "pg_options": os.environ.get("PG_EXTRA_OPTS", ""),
+    "build": os.environ.get("BUILD", "?"),
     "seconds": int(secs), "warmup": int(warm), "keys": int(n), "big_keys": int(nbig),
     "argon_keys": int(nargon), "better_auth_keys": int(nba),
     "clients": 8, "threads": 2, "protocol": "prepared",
@@ -218,6 +231,11 @@ if [ -z "${BENCH_SKIP_BETTER_AUTH:-}" ]; then
     (cd "$B/better-auth" && PGDATABASE=better_auth BENCH_OUT="$OUT/better-auth.json" BENCH_SECONDS=$SECS \
         BENCH_WARMUP=$WARMUP BENCH_BA_KEYS=$N_BA BENCH_BA_WORKERS=$CLIENTS node bench.mjs 2> "$OUT/better-auth.log") \
         || { say "better-auth peer failed:"; tail -20 "$OUT/better-auth.log" >&2; }
+fi
+
+if [ "$(so_stamp)" != "$SO_STAMP" ]; then
+    say "WARNING: api_key.so was replaced during the run"
+    echo '{"so_replaced": true}' > "$OUT/warnings.json"
 fi
 
 # --- report ---------------------------------------------------------------------------------------

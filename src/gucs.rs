@@ -12,6 +12,11 @@ pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// memory before writing them in one batch. This is the precision of `last_used_at`.
 pub static LAST_USED_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(30);
 
+/// `api_key.rate_limit_slots`: keys with an open rate-limit window that shared memory holds
+/// (32 bytes each) when the library is preloaded. Beyond that, counting falls back to the
+/// table for the keys that find no slot.
+pub static RATE_LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(131_072);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"api_key.actor",
@@ -30,5 +35,15 @@ pub fn init() {
         3600,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.rate_limit_slots",
+        c"Rate-limit windows held in shared memory (with shared_preload_libraries = 'api_key').",
+        c"Set at server start. Keys beyond it are counted in the table api_key.rate_limit_windows.",
+        &RATE_LIMIT_SLOTS,
+        1024,
+        64 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
     );
 }

@@ -22,6 +22,7 @@ pub mod last_used;
 pub mod permissions;
 pub mod primitives;
 pub mod rate_limit;
+pub mod rate_limit_shmem;
 pub mod verify;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -46,6 +47,7 @@ extension_sql_file!("../sql/security.sql", name = "security", requires = ["keys"
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    rate_limit_shmem::init();
 }
 
 /// Required by `cargo pgrx test`.

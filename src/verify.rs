@@ -7,6 +7,7 @@
 //! credits one guarded UPDATE (durable: credits must survive a crash).
 
 use crate::hashing::{self, Algorithm};
+use crate::rate_limit_shmem::{self, Decision};
 use crate::{context, key_format, last_used, rate_limit};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiError};
@@ -249,24 +250,18 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
         if col!(bool, 15).unwrap_or(false) {
             let max = col!(i32, 16).unwrap_or(i32::MAX);
             let window = col!(i64, 17).unwrap_or(0);
-            // SAFETY: reads the clock.
-            let now = unsafe { pg_sys::GetCurrentTimestamp() };
-            let now_tz = TimestampWithTimeZone::try_from(now).unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity());
-            let admit = client
-                .update(&st.rate_admit, None, &[key_id.into(), max.into(), window.into(), now_tz.into()])
-                .unwrap_or_else(|e| spi_failed(e));
-            if admit.is_empty() {
-                let peek = client.update(&st.rate_peek, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e)).first();
-                let start = peek.get::<i64>(2).ok().flatten().unwrap_or(now);
-                let unix_now = now + 946_684_800_000_000; // Postgres epoch (2000) to Unix epoch
-                out.code = Code::RateLimited;
-                out.rate_limit_remaining = Some(0);
-                out.retry_after_ms = Some(rate_limit::retry_after_ms(start, window, unix_now));
-                return out;
+            match admit(client, &st, key_id, max, window) {
+                Admission::Admitted { admitted } => {
+                    out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
+                    admitted_by_rate_limit = true;
+                }
+                Admission::Refused { retry_after_ms } => {
+                    out.code = Code::RateLimited;
+                    out.rate_limit_remaining = Some(0);
+                    out.retry_after_ms = Some(retry_after_ms);
+                    return out;
+                }
             }
-            let admitted = admit.first().get::<i32>(1).ok().flatten().unwrap_or(max);
-            out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
-            admitted_by_rate_limit = true;
         }
 
         if out.remaining.is_some() {
@@ -275,7 +270,7 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
                 .unwrap_or_else(|e| spi_failed(e));
             if spent.is_empty() {
                 if admitted_by_rate_limit {
-                    client.update(&st.rate_undo, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e));
+                    undo_admission(client, &st, key_id);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
                 let left = client.update(&st.credits_left, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e));
@@ -289,6 +284,53 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
         out
     })
 }
+
+enum Admission {
+    Admitted { admitted: i32 },
+    Refused { retry_after_ms: i64 },
+}
+
+/// Count one verification against the key's window: in shared memory when the library was
+/// preloaded (no WAL, no xid), else in the UNLOGGED table (no WAL for the row; the
+/// transaction's commit record remains).
+fn admit(client: &mut SpiClient<'_>, st: &Statements, key_id: Uuid, max: i32, window: i64) -> Admission {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    if rate_limit_shmem::available() {
+        match rate_limit_shmem::admit(key_id.as_bytes(), max, window, now) {
+            Decision::Admitted { admitted } => return Admission::Admitted { admitted },
+            Decision::Refused { window_end } => {
+                return Admission::Refused { retry_after_ms: rate_limit::retry_after_ms(0, window_end, now) }
+            }
+            Decision::NoRoom => {}
+        }
+    }
+    let now_tz = TimestampWithTimeZone::try_from(now).unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity());
+    let admit = client
+        .update(&st.rate_admit, None, &[key_id.into(), max.into(), window.into(), now_tz.into()])
+        .unwrap_or_else(|e| spi_failed(e));
+    if admit.is_empty() {
+        let peek = client.update(&st.rate_peek, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e)).first();
+        let unix_now = now + POSTGRES_EPOCH_IN_UNIX_MICROS;
+        let start = peek.get::<i64>(2).ok().flatten().unwrap_or(unix_now);
+        return Admission::Refused { retry_after_ms: rate_limit::retry_after_ms(start, window, unix_now) };
+    }
+    Admission::Admitted { admitted: admit.first().get::<i32>(1).ok().flatten().unwrap_or(max) }
+}
+
+/// Give back an admission when a later check (credits) refuses the verification.
+fn undo_admission(client: &mut SpiClient<'_>, st: &Statements, key_id: Uuid) {
+    if rate_limit_shmem::available() {
+        // SAFETY: reads the clock.
+        rate_limit_shmem::undo(key_id.as_bytes(), unsafe { pg_sys::GetCurrentTimestamp() });
+    }
+    // The key may have been counted in the table (no room in shared memory); undo there too
+    // (a no-op when it has no row).
+    client.update(&st.rate_undo, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e));
+}
+
+/// 2000-01-01 in Unix microseconds.
+const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     let mut oid = RESULT_TYPE.with(|c| c.get());

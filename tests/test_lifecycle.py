@@ -15,9 +15,9 @@ from helpers import (BASE62, CLUSTER, ROOT, Client, checksum, create, expect_err
 MB = "a" * (1 << 20)
 
 
-def user_key(app: Client, **kw) -> tuple[str, dict]:
-    """A fresh user, and a key it created for itself through the application role."""
-    user = uid("u")
+def user_key(app: Client, user: str | None = None, **kw) -> tuple[str, dict]:
+    """A fresh user (or the one given), and a key it created for itself through the application role."""
+    user = user or uid("u")
     made = create(app, actor=user, reference_id=user, **kw)
     return user, made
 
@@ -343,8 +343,8 @@ def test_argon2id_configuration(app, service, su):
 
 def test_delete_expired_is_for_the_service(app, service, su):
     user, made = user_key(app, expires_in="1 hour")
-    _, keep = user_key(app)
-    _, rotated = user_key(app)
+    _, keep = user_key(app, user)
+    _, rotated = user_key(app, user)
     new = app.one("SELECT * FROM api_key_rotate(id => %s)", [rotated["id"]], actor=user)
     app.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() - interval '1 second')", [made["id"]],
              actor=user)

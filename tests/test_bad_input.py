@@ -1,0 +1,275 @@
+"""Bad input to every management function: a standard SQLSTATE (never XX000), a message that
+names the argument and never contains a key, and nothing written."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from helpers import counts, create, expect_error, uid
+
+MB = "a" * (1 << 20)
+UNKNOWN = str(uuid.UUID(int=0xDEADBEEF))
+
+ACTOR = uid("bad_u")          # the user acting in the app-role cases
+OTHER = uid("bad_other")      # another user, with a key of its own
+
+
+@dataclass
+class Case:
+    id: str
+    who: str                  # "app" (with ACTOR), "app_noactor", "service", "service_actor"
+    sql: str
+    params: tuple = ()
+    state: str | frozenset = "22023"
+    mentions: str | None = None   # the message must name this argument
+
+
+def C(id, who, sql, params=(), state="22023", mentions=None):
+    return Case(id, who, sql, tuple(params), state if isinstance(state, str) else frozenset(state), mentions)
+
+
+CREATE = "SELECT * FROM api_key_create(reference_id => %s, {})"
+
+
+def cr(id, extra, params=(), state="22023", mentions=None, who="app", ref=ACTOR):
+    return C(f"create-{id}", who, CREATE.format(extra) if extra else "SELECT * FROM api_key_create(reference_id => %s)",
+             (ref, *params), state, mentions)
+
+
+CASES = [
+    # api_key_create
+    C("create-reference_id-null", "app", "SELECT * FROM api_key_create(reference_id => NULL)", (), "22004", "reference_id"),
+    cr("reference_id-empty", "", (), "22023", "reference_id", ref=""),
+    cr("reference_id-1mb", "", (), "22023", "reference_id", ref=MB),
+    cr("reference_type-null", "reference_type => NULL", (), "22004", "reference_type"),
+    cr("reference_type-empty", "reference_type => ''", (), "22023", "reference_type"),
+    cr("reference_type-unknown", "reference_type => 'galaxy'", (), "22023", "reference_type"),
+    cr("reference_type-1mb", "reference_type => %s", (MB,), "22023", "reference_type"),
+    cr("name-empty", "name => ''", (), "22023", "name"),
+    cr("name-1mb", "name => %s", (MB,), "22023", "name"),
+    cr("config-unknown", "config_id => 'no_such_config'", (), "42704", "configuration"),
+    cr("config-empty", "config_id => ''", (), "42704", "configuration"),
+    cr("config-1mb", "config_id => %s", (MB,), "42704", "configuration"),
+    cr("prefix-space", "prefix => 'sk live_'", (), "22023", "prefix"),
+    cr("prefix-quote", "prefix => 'sk''_'", (), "22023", "prefix"),
+    cr("prefix-dquote", "prefix => 'sk\"_'", (), "22023", "prefix"),
+    cr("prefix-newline", "prefix => E'sk\\n'", (), "22023", "prefix"),
+    cr("prefix-unicode", "prefix => 'ключ_'", (), "22023", "prefix"),
+    cr("prefix-33", "prefix => %s", ("a" * 33,), "22023", "prefix"),
+    cr("prefix-1mb", "prefix => %s", (MB,), "22023", "prefix"),
+    cr("expires_in-zero", "expires_in => '0'", (), "22023", "expires_in"),
+    cr("expires_in-negative", "expires_in => '-1 day'", (), "22023", "expires_in"),
+    cr("expires_in-huge", "expires_in => '100000000 years'", (), "22023", "expires_in"),
+    cr("permissions-array", "permissions => '[\"read\"]'", (), "22023", "permissions"),
+    cr("permissions-string", "permissions => '\"read\"'", (), "22023", "permissions"),
+    cr("permissions-json-null", "permissions => 'null'", (), "22023", "permissions"),
+    cr("permissions-not-array", "permissions => '{\"files\": \"read\"}'", (), "22023", "permissions"),
+    cr("permissions-number", "permissions => '{\"files\": [1]}'", (), "22023", "permissions"),
+    cr("permissions-empty-action", "permissions => '{\"files\": [\"\"]}'", (), "22023", "permissions"),
+    cr("permissions-empty-resource", "permissions => '{\"\": [\"read\"]}'", (), "22023", "permissions"),
+    cr("permissions-nested", "permissions => '{\"files\": {\"read\": true}}'", (), "22023", "permissions"),
+    cr("metadata-array", "metadata => '[]'", (), "22023", "metadata"),
+    cr("metadata-string", "metadata => '\"x\"'", (), "22023", "metadata"),
+    cr("metadata-number", "metadata => '1'", (), "22023", "metadata"),
+    cr("metadata-json-null", "metadata => 'null'", (), "22023", "metadata"),
+    cr("remaining-negative", "remaining => -1", (), "22023", "remaining"),
+    cr("refill_amount-zero", "refill_amount => 0, refill_interval => '1 day'", (), "22023", "refill_amount"),
+    cr("refill_amount-negative", "refill_amount => -5, refill_interval => '1 day'", (), "22023", "refill_amount"),
+    cr("refill_amount-alone", "refill_amount => 5", (), "22023", "refill"),
+    cr("refill_interval-alone", "refill_interval => '1 day'", (), "22023", "refill"),
+    cr("refill_interval-zero", "refill_amount => 5, refill_interval => '0'", (), "22023", "refill_interval"),
+    cr("refill_interval-negative", "refill_amount => 5, refill_interval => '-1 hour'", (), "22023", "refill_interval"),
+    cr("rate_limit_max-zero", "rate_limit_max => 0, rate_limit_window => '1 minute'", (), "22023", "rate_limit_max"),
+    cr("rate_limit_max-negative", "rate_limit_max => -1, rate_limit_window => '1 minute'", (), "22023", "rate_limit_max"),
+    cr("rate_limit_window-zero", "rate_limit_max => 5, rate_limit_window => '0'", (), "22023", "rate_limit_window"),
+    cr("rate_limit_window-negative", "rate_limit_max => 5, rate_limit_window => '-1 minute'", (), "22023", "rate_limit_window"),
+    cr("rate_limit_max-alone", "rate_limit_max => 5", (), "22023", "rate_limit"),
+    cr("rate_limit_enabled-alone", "rate_limit_enabled => true", (), "22023", "rate_limit"),
+    cr("other-user", "", (), "42501", None, ref=OTHER),
+    cr("no-actor", "", (), "42501", "actor", who="app_noactor"),
+    cr("org-not-member", "reference_type => 'organization'", (), "42501", "member", ref=uid("org")),
+    C("create-service-null-id", "service",
+      "SELECT * FROM api_key_create(reference_id => NULL, reference_type => 'organization')", (), "22004", "reference_id"),
+    # api_key_get
+    C("get-null", "app", "SELECT * FROM api_key_get(NULL)", (), "22004", "id"),
+    C("get-unknown", "app", "SELECT * FROM api_key_get(%s)", (UNKNOWN,), "P0002"),
+    C("get-not-a-uuid", "app", "SELECT * FROM api_key_get(%s::uuid)", ("not-a-uuid",), "22P02"),
+    C("get-other-user", "app", "SELECT * FROM api_key_get(%(other_id)s)", (), "42501"),
+    C("get-no-actor", "app_noactor", "SELECT * FROM api_key_get(%(id)s)", (), "42501"),
+    # api_key_list_for_reference
+    C("list-null", "app", "SELECT * FROM api_key_list_for_reference(reference_id => NULL)", (), "22004", "reference_id"),
+    C("list-empty", "app", "SELECT * FROM api_key_list_for_reference(reference_id => '')", (), "22023", "reference_id"),
+    C("list-1mb", "app", "SELECT * FROM api_key_list_for_reference(reference_id => %s)", (MB,), "22023", "reference_id"),
+    C("list-type-unknown", "app",
+      "SELECT * FROM api_key_list_for_reference(reference_id => %s, reference_type => 'galaxy')", (ACTOR,), "22023",
+      "reference_type"),
+    C("list-type-null", "app",
+      "SELECT * FROM api_key_list_for_reference(reference_id => %s, reference_type => NULL)", (ACTOR,), "22004",
+      "reference_type"),
+    *[C(f"list-page_size-{n}", "app",
+        f"SELECT * FROM api_key_list_for_reference(reference_id => %s, page_size => {n})", (ACTOR,), "22023", "page_size")
+      for n in ("0", "-1", "1001", "NULL")],
+    C("list-after-unknown", "app",
+      "SELECT * FROM api_key_list_for_reference(reference_id => %s, after_id => %s)", (ACTOR, UNKNOWN), "P0002", "after_id"),
+    C("list-after-other-reference", "app",
+      "SELECT * FROM api_key_list_for_reference(reference_id => %(actor)s, after_id => %(other_id)s)", (), "P0002",
+      "after_id"),
+    C("list-other-user", "app", "SELECT * FROM api_key_list_for_reference(reference_id => %s)", (OTHER,), "42501"),
+    C("list-no-actor", "app_noactor", "SELECT * FROM api_key_list_for_reference(reference_id => %s)", (ACTOR,), "42501"),
+    # api_key_update
+    C("update-null", "app", "SELECT * FROM api_key_update(id => NULL, name => 'x')", (), "22004", "id"),
+    C("update-unknown", "app", "SELECT * FROM api_key_update(id => %s, name => 'x')", (UNKNOWN,), "P0002"),
+    *[C(f"update-{label}", "app", f"SELECT * FROM api_key_update(id => %(id)s, {arg})", (), "22023", mention)
+      for label, arg, mention in [
+          ("name-empty", "name => ''", "name"),
+          ("name-1mb", "name => repeat('a', 1048576)", "name"),
+          ("permissions-array", "permissions => '[]'", "permissions"),
+          ("permissions-not-array", "permissions => '{\"a\": \"b\"}'", "permissions"),
+          ("metadata-array", "metadata => '[1]'", "metadata"),
+          ("metadata-json-null", "metadata => 'null'", "metadata"),
+          ("remaining-negative", "remaining => -1", "remaining"),
+          ("refill_amount-zero", "refill_amount => 0, refill_interval => '1 day'", "refill_amount"),
+          ("refill_amount-alone", "refill_amount => 5", "refill"),
+          ("refill_interval-negative", "refill_amount => 5, refill_interval => '-1 day'", "refill_interval"),
+          ("rate_limit_max-zero", "rate_limit_max => 0, rate_limit_window => '1 minute'", "rate_limit_max"),
+          ("rate_limit_max-alone", "rate_limit_max => 5", "rate_limit"),
+          ("rate_limit_window-zero", "rate_limit_max => 5, rate_limit_window => '0'", "rate_limit_window"),
+          ("rate_limit_enabled-alone", "rate_limit_enabled => true", "rate_limit"),
+          ("clear-unknown", "clear => '{bogus}'", "clear"),
+          ("clear-null-element", "clear => ARRAY[NULL]::text[]", "clear"),
+          ("clear-empty-string", "clear => '{\"\"}'", "clear"),
+          ("clear-id", "clear => '{id}'", "clear"),
+      ]],
+    C("update-other-user", "app", "SELECT * FROM api_key_update(id => %(other_id)s, name => 'x')", (), "42501"),
+    C("update-no-actor", "app_noactor", "SELECT * FROM api_key_update(id => %(id)s, name => 'x')", (), "42501"),
+    # api_key_revoke / api_key_rotate
+    C("revoke-null", "app", "SELECT api_key_revoke(NULL)", (), "22004", "id"),
+    C("revoke-unknown", "app", "SELECT api_key_revoke(%s)", (UNKNOWN,), "P0002"),
+    C("revoke-other-user", "app", "SELECT api_key_revoke(%(other_id)s)", (), "42501"),
+    C("revoke-no-actor", "app_noactor", "SELECT api_key_revoke(%(id)s)", (), "42501"),
+    C("rotate-null", "app", "SELECT * FROM api_key_rotate(id => NULL)", (), "22004", "id"),
+    C("rotate-unknown", "app", "SELECT * FROM api_key_rotate(id => %s)", (UNKNOWN,), "P0002"),
+    C("rotate-grace-negative", "app", "SELECT * FROM api_key_rotate(id => %(id)s, grace => '-1 second')", (), "22023", "grace"),
+    C("rotate-grace-null", "app", "SELECT * FROM api_key_rotate(id => %(id)s, grace => NULL)", (), {"22023", "22004"}, "grace"),
+    C("rotate-other-user", "app", "SELECT * FROM api_key_rotate(id => %(other_id)s)", (), "42501"),
+    C("rotate-no-actor", "app_noactor", "SELECT * FROM api_key_rotate(id => %(id)s)", (), "42501"),
+    # api_key_delete_expired
+    C("delete_expired-actor", "app", "SELECT api_key_delete_expired()", (), "42501"),
+    C("delete_expired-no-actor", "app_noactor", "SELECT api_key_delete_expired()", (), "42501"),
+    C("delete_expired-service-with-actor", "service_actor", "SELECT api_key_delete_expired()", (), "42501"),
+    # api_key_verify: any key value is fine, but the other arguments are checked
+    C("verify-cost-negative", "app_noactor", "SELECT * FROM api_key_verify(%(key)s, cost => -1)", (), "22023", "cost"),
+    C("verify-permissions-array", "app_noactor", "SELECT * FROM api_key_verify(%(key)s, permissions => '[]')", (), "22023",
+      "permissions"),
+    C("verify-permissions-json-null", "app_noactor", "SELECT * FROM api_key_verify(%(key)s, permissions => 'null')", (),
+      "22023", "permissions"),
+    C("verify-permissions-not-array", "app_noactor",
+      "SELECT * FROM api_key_verify(%(key)s, permissions => '{\"a\": \"b\"}')", (), "22023", "permissions"),
+    # configurations
+    *[C(f"config_create-{label}", "service", f"SELECT * FROM api_key_config_create({args})", (), state, mention)
+      for label, args, state, mention in [
+          ("id-null", "id => NULL", {"22023", "22004"}, "id"),
+          ("id-empty", "id => ''", "22023", "id"),
+          ("id-space", "id => 'my config'", "22023", "id"),
+          ("id-1mb", "id => repeat('a', 1048576)", "22023", "id"),
+          ("prefix-space", "id => 'c1', prefix => 'a b'", "22023", "prefix"),
+          ("prefix-quote", "id => 'c1', prefix => 'a''b'", "22023", "prefix"),
+          ("body_length-short", "id => 'c1', body_length => 10", "22023", "body_length"),
+          ("body_length-long", "id => 'c1', body_length => 1000", "22023", "body_length"),
+          ("body_length-null", "id => 'c1', body_length => NULL", "22023", "body_length"),
+          ("hash-unknown", "id => 'c1', hash_algorithm => 'md5'", "22023", "hash_algorithm"),
+          ("argon2-short-body", "id => 'c1', hash_algorithm => 'argon2id', body_length => 32", "22023", "body_length"),
+          ("min-over-max", "id => 'c1', min_expires_in => '2 days', max_expires_in => '1 day'", "22023", "expires_in"),
+          ("default-expires-negative", "id => 'c1', default_expires_in => '-1 day'", "22023", "default_expires_in"),
+          ("name-lengths", "id => 'c1', name_min_length => 5, name_max_length => 2", "22023", "name_"),
+          ("default_permissions", "id => 'c1', default_permissions => '[]'", "22023", "default_permissions"),
+          ("rate-limit-incomplete", "id => 'c1', rate_limit_enabled => true", "22023", "rate_limit"),
+          ("rate_limit_max-zero", "id => 'c1', rate_limit_max => 0", "22023", "rate_limit_max"),
+          ("default_remaining-negative", "id => 'c1', default_remaining => -1", "22023", "default_remaining"),
+          ("refill-alone", "id => 'c1', refill_amount => 5", "22023", "refill"),
+          ("duplicate", "id => 'default'", "23505", "default"),
+      ]],
+    C("config_create-app", "app_noactor", "SELECT * FROM api_key_config_create(id => 'c1')", (), "42501"),
+    C("config_create-app-actor", "app", "SELECT * FROM api_key_config_create(id => 'c1')", (), "42501"),
+    C("config_create-service-actor", "service_actor", "SELECT * FROM api_key_config_create(id => 'c1')", (), "42501"),
+    *[C(f"config_update-{label}", "service", "SELECT * FROM api_key_config_update(id => %s, settings => %s::jsonb)",
+        (cfg, settings), state, mention)
+      for label, cfg, settings, state, mention in [
+          ("unknown", "no_such_config", '{"prefix": "a_"}', "42704", "configuration"),
+          ("settings-null", "default", None, "22023", "settings"),
+          ("settings-array", "default", "[]", "22023", "settings"),
+          ("settings-unknown", "default", '{"bogus": 1}', "22023", "bogus"),
+          ("settings-id", "default", '{"id": "other"}', "22023", "id"),
+          ("settings-type", "default", '{"body_length": "abc"}', "22023", "settings"),
+          ("body_length", "default", '{"body_length": 10}', "22023", "body_length"),
+          ("prefix", "default", '{"prefix": "a b"}', "22023", "prefix"),
+          ("prefix-null", "default", '{"prefix": null}', "22023", "prefix"),
+          ("hash", "default", '{"hash_algorithm": "md5"}', "22023", "hash_algorithm"),
+          ("interval", "default", '{"default_expires_in": "-1 day"}', "22023", "default_expires_in"),
+      ]],
+    C("config_update-app", "app", "SELECT * FROM api_key_config_update(id => 'default', settings => '{}')", (), "42501"),
+    C("config_delete-default", "service", "SELECT api_key_config_delete('default')", (), "22023", "default"),
+    C("config_delete-unknown", "service", "SELECT api_key_config_delete('no_such_config')", (), "42704", "configuration"),
+    C("config_delete-null", "service", "SELECT api_key_config_delete(NULL)", (), {"42704", "22004"}),
+    C("config_delete-in-use", "service", "SELECT api_key_config_delete(%(cfg)s)", (), "2BP01", "key"),
+    C("config_delete-app", "app", "SELECT api_key_config_delete(%(cfg)s)", (), "42501"),
+    # membership source and reference types
+    C("membership-app", "app", "SELECT api_key_use_membership_table('api_key.members')", (), "42501"),
+    C("membership-no-relation", "service", "SELECT api_key_use_membership_table('no_such_table')", (), "42P01"),
+    C("membership-bad-column", "service",
+      "SELECT api_key_use_membership_table('api_key.members', organization_column => 'nope')", (), "42703", "nope"),
+    C("membership-null-column", "service",
+      "SELECT api_key_use_membership_table('api_key.members', user_column => NULL)", (), {"42703", "22004"}),
+    C("reftype-app", "app", "SELECT api_key_register_reference_type('project', 'pg_catalog.texteq(text,text)')", (), "42501"),
+    C("reftype-builtin", "service", "SELECT api_key_register_reference_type('user', 'pg_catalog.texteq(text,text)')", (),
+      "22023", "user"),
+    C("reftype-bad-name", "service",
+      "SELECT api_key_register_reference_type('Bad Type', 'pg_catalog.texteq(text,text)')", (), "22023", "reference_type"),
+    C("reftype-1mb", "service", "SELECT api_key_register_reference_type(repeat('a', 1048576), 'pg_catalog.texteq(text,text)')",
+      (), "22023", "reference_type"),
+    C("reftype-null", "service", "SELECT api_key_register_reference_type(NULL, 'pg_catalog.texteq(text,text)')", (),
+      "22004", "reference_type"),
+    C("reftype-wrong-signature", "service",
+      "SELECT api_key_register_reference_type('thing', 'pg_catalog.texteq(text,text)')", (), "22023", "authorizer"),
+]
+
+
+@pytest.fixture(scope="module")
+def ctx(app, service, su):
+    mine = create(app, actor=ACTOR, reference_id=ACTOR)
+    other = create(su, reference_id=OTHER)
+    cfg = uid("bad_cfg")
+    service.rows("SELECT * FROM api_key_config_create(id => %s)", [cfg])
+    create(service, reference_id=uid("svc"), config_id=cfg)
+    return {"id": mine["id"], "key": mine["key"], "other_id": other["id"], "other_key": other["key"],
+            "cfg": cfg, "actor": ACTOR}
+
+
+KNOWN_BUGS = {
+    "create-refill_amount-negative":
+        "BUG (minor): remaining defaults to refill_amount before validation, so the message blames "
+        "'remaining must not be negative', an argument the caller never passed",
+}
+PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c.id])]
+                       if c.id in KNOWN_BUGS else []) for c in CASES]
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_bad_input_is_refused_cleanly(case: Case, ctx, app, service, su):
+    client, actor = {"app": (app, ACTOR), "app_noactor": (app, None), "service": (service, None),
+                     "service_actor": (service, ACTOR)}[case.who]
+    params = ctx if "%(" in case.sql else list(case.params)
+    before = counts(su)
+    err = expect_error(set(case.state) if isinstance(case.state, frozenset) else case.state,
+                       client.rows, case.sql, params, actor=actor,
+                       secrets=(ctx["key"], ctx["other_key"], ctx["key"][3:-6], ctx["other_key"][3:-6]))
+    assert counts(su) == before, "a refused call wrote something"
+    if case.mentions:
+        assert case.mentions.lower() in err.diag.message_primary.lower(), \
+            f"message does not name {case.mentions!r}: {err.diag.message_primary}"
+    assert len(str(err)) < 20_000, "the error echoes a huge argument back"
+    # Both keys still work after the refused call.
+    assert app.val("SELECT code FROM api_key_verify(%s)", [ctx["key"]]) == "VALID"
