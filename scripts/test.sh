@@ -29,7 +29,7 @@ trap 'scripts/cluster.sh stop test' EXIT
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
 
 say "regression SQL (pg_regress)"
-psql -X -q -d postgres -c "DROP DATABASE IF EXISTS regression" >/dev/null
+psql -X -q -d postgres -c "DROP DATABASE IF EXISTS regression" -c "CREATE DATABASE regression" >/dev/null
 /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
     --use-existing --host=127.0.0.1 --port="$port" --user=postgres \
     --inputdir=test --outputdir=.build/regress --bindir=/usr/lib/postgresql/15/bin \

@@ -36,6 +36,11 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    // A server-start setting can only be defined while the library is being preloaded.
+    // SAFETY: reads a backend-global flag.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
     GucRegistry::define_int_guc(
         c"api_key.rate_limit_slots",
         c"Rate-limit windows held in shared memory (with shared_preload_libraries = 'api_key').",

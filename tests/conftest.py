@@ -52,6 +52,7 @@ def fresh_database(dbname: str) -> None:
         # Schemas the application and the service own, as they would in a real deployment.
         db.execute(f'CREATE SCHEMA app AUTHORIZATION "{APP}"')
         db.execute(f'CREATE SCHEMA svc AUTHORIZATION "{SERVICE}"')
+        db.execute(f'GRANT USAGE ON SCHEMA app TO "{SERVICE}"')
 
 
 @pytest.fixture(scope="session")
