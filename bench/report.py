@@ -26,8 +26,32 @@ def percentile(sorted_values, p):
     return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
 
 
-def summarize(directory, name, exit_code, wal_bytes):
-    out = open(os.path.join(directory, name + ".out")).read()
+def interference(directory, t0, t1):
+    """Share of monitor samples in [t0, t1] that saw a runnable process not ours, and its names."""
+    path = os.path.join(directory, "monitor.jsonl")
+    if t0 is None or not os.path.exists(path):
+        return None, []
+    total = busy = 0
+    names = {}
+    for line in open(path):
+        try:
+            s = json.loads(line)
+        except ValueError:
+            continue
+        if t0 <= s["t"] <= t1:
+            total += 1
+            if s["foreign"]:
+                busy += 1
+                for n in s["foreign"]:
+                    names[n] = names.get(n, 0) + 1
+    if not total:
+        return None, []
+    return busy / total, sorted(names, key=names.get, reverse=True)[:4]
+
+
+def summarize(directory, name, attempt, exit_code, wal_bytes, window=(None, None)):
+    base = f"{name}.a{attempt}"
+    out = open(os.path.join(directory, base + ".out")).read()
     m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
     tps = float(m.group(1)) if m else 0.0
     m = re.search(r"number of transactions actually processed: (\d+)", out)
@@ -36,7 +60,7 @@ def summarize(directory, name, exit_code, wal_bytes):
     failed = int(m.group(1)) if m else 0
     aborted = len(re.findall(r"client \d+ aborted", out))
     latencies = []
-    for path in glob.glob(os.path.join(directory, name + ".[0-9]*")):
+    for path in glob.glob(os.path.join(directory, base + ".[0-9]*")):
         with open(path) as f:
             for line in f:
                 fields = line.split()
@@ -47,6 +71,7 @@ def summarize(directory, name, exit_code, wal_bytes):
     errors = [l.strip() for l in out.splitlines() if "aborted" in l or "ERROR" in l or "error" in l.lower()][:5]
     row = {
         "name": name,
+        "attempt": attempt,
         "ops": tps,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
@@ -57,12 +82,16 @@ def summarize(directory, name, exit_code, wal_bytes):
         "exit_code": exit_code,
         "errors": errors,
         "wal_bytes_per_op": (wal_bytes / processed) if processed else None,
+        "window": list(window),
     }
+    row["interference"], row["interference_by"] = interference(directory, *window)
     with open(os.path.join(directory, "results.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
     status = "ok" if exit_code == 0 and not aborted else f"ERRORS (exit {exit_code}, {aborted} clients aborted)"
+    foreign = row["interference"] or 0.0
     print(f"  {name}: {tps:,.0f} ops/s, p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, "
-          f"WAL {row['wal_bytes_per_op'] or 0:.0f} B/op, {status}", file=sys.stderr)
+          f"WAL {row['wal_bytes_per_op'] or 0:.0f} B/op, foreign CPU {foreign:.0%}, {status}", file=sys.stderr)
+    print(f"{foreign:.3f}")
 
 
 LABELS = {
@@ -73,6 +102,7 @@ LABELS = {
     "verify_credits": "api_key_verify, credits, spread",
     "verify_hot_rate": "api_key_verify, ONE hot key, rate limit",
     "verify_hot_credits": "api_key_verify, ONE hot key, credits",
+    "handrolled_hot": "hand-rolled PL/pgSQL, ONE hot key, credits",
     "verify_argon": "api_key_verify, argon2id config",
     "verify_100k": "api_key_verify, table of 100,000 keys",
     "verify_1m": "api_key_verify, table of 1,000,000 keys",
@@ -117,9 +147,15 @@ def table(directory):
     rows = {}
     path = os.path.join(directory, "results.jsonl")
     if os.path.exists(path):
+        # One line per attempt: keep the cleanest (least foreign CPU; the first of equals).
         for line in open(path):
             r = json.loads(line)
-            rows[r["name"]] = r
+            old = rows.get(r["name"])
+            r["attempts"] = (old or {}).get("attempts", 0) + 1
+            if old is None or (r.get("interference") or 0) < (old.get("interference") or 0):
+                rows[r["name"]] = r
+            else:
+                old["attempts"] = r["attempts"]
     ba_path = os.path.join(directory, "better-auth.json")
     ba = None
     if os.path.exists(ba_path):
@@ -129,6 +165,8 @@ def table(directory):
             r["exit_code"] = 0
             r["errors_count"] = r.pop("errors", 0)
             r["errors"] = []
+            if r.get("window"):
+                r["interference"], r["interference_by"] = interference(directory, *r["window"])
             rows[r["name"]] = r
     meta = json.load(open(os.path.join(directory, "meta.json")))
     loads = [json.loads(l) for l in open(os.path.join(directory, "loads.jsonl"))] if os.path.exists(
@@ -173,8 +211,9 @@ def table(directory):
         lines.append(f"better-auth peer: {ba['workers']} async workers in one Node process, pg pool of "
                      f"{ba['workers']}, {ba['keys']:,} keys.")
     lines.append("")
-    lines.append("| scenario | ops/s | p50 ms | p99 ms | × baseline | WAL B/op | target | pass/miss |")
-    lines.append("|---|---:|---:|---:|---:|---:|---|---|")
+    lines.append("| scenario | ops/s | p50 ms | p99 ms | × baseline | WAL B/op | target | pass/miss | foreign CPU |")
+    lines.append("|---|---:|---:|---:|---:|---:|---|---|---:|")
+    noisy = []
     for name in ORDER:
         r = rows.get(name)
         if r is None:
@@ -194,14 +233,22 @@ def table(directory):
         ratio = f"{r['ops'] / base:.2f}" if base else "–"
         wal = r.get("wal_bytes_per_op")
         wal_txt = f"{wal:,.0f}" if wal is not None else "–"
+        inter = r.get("interference")
+        inter_txt = "–" if inter is None else f"{inter:.0%}"
+        if inter:
+            noisy.append(f"{name} ({inter:.0%}: {', '.join(r.get('interference_by') or [])})")
         lines.append(f"| {LABELS.get(name, name)} | {fmt_ops(r['ops'])} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} "
-                     f"| {ratio} | {wal_txt} | {target_txt} | {verdict} |")
+                     f"| {ratio} | {wal_txt} | {target_txt} | {verdict} | {inter_txt} |")
     lines.append("")
     missed = [t for t in results if t[3] is False]
     n_pass = sum(1 for t in results if t[3] is True)
     lines.append(f"Targets: {n_pass} of {len(results)} met" + (
         "; missed: " + "; ".join(f"{s} {d} ({m})" for s, d, m, _ in missed)
         if missed else "") + ".")
+    lines.append("")
+    lines.append("foreign CPU: share of 0.5 s samples in the measured window that saw a runnable process "
+                 "outside the benchmark and its cluster (0% = the machine was ours)." + (
+                     " Shared: " + "; ".join(noisy) + "." if noisy else ""))
     if loads:
         lines.append("")
         lines.append("Loading (api_key_create, set-based, 2 sessions): " + "; ".join(
@@ -228,8 +275,13 @@ def main(argv):
     if len(argv) >= 3 and argv[1] == "summarize":
         directory, name = argv[2], argv[3]
         rc = int(argv[argv.index("--exit-code") + 1]) if "--exit-code" in argv else 0
+        attempt = int(argv[argv.index("--attempt") + 1]) if "--attempt" in argv else 1
         wal = int(argv[argv.index("--wal-bytes") + 1]) if "--wal-bytes" in argv else 0
-        summarize(directory, name, rc, wal)
+        window = (None, None)
+        if "--window" in argv:
+            i = argv.index("--window")
+            window = (float(argv[i + 1]), float(argv[i + 2]))
+        summarize(directory, name, attempt, rc, wal, window)
     elif len(argv) == 3 and argv[1] == "table":
         table(argv[2])
     else:

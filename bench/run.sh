@@ -31,6 +31,9 @@ N_BA=${BENCH_BA_KEYS:-10000}
 CLIENTS=8
 THREADS=2
 BATCH=10000
+QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
+RETRIES=${BENCH_RETRIES:-2}
+MAX_FOREIGN=${BENCH_MAX_FOREIGN:-0.10}
 export PG_EXTRA_OPTS=${PG_EXTRA_OPTS:-"-c shared_buffers=1GB -c max_connections=200 -c synchronous_commit=on -c max_wal_size=8GB -c checkpoint_timeout=30min"}
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -132,32 +135,75 @@ wal_lsn() { psql -X -At -d "$1" -c "SELECT pg_current_wal_lsn()"; }
 wal_diff() { psql -X -At -d "$1" -c "SELECT pg_wal_lsn_diff('$3', '$2')::bigint"; }
 q() { psql -X -At -d "$1" -c "$2"; }
 
-# scenario NAME DB SCRIPT [pgbench args...]: warm up, then measure with per-transaction logs.
+# The interference monitor: every runnable process outside the benchmark and its cluster is noted,
+# so that the table can flag scenarios that shared the 2 cores with a build or another test.
+start_monitor() {
+    python3 "$B/monitor.py" "$OUT/monitor.jsonl" $$ "$(head -1 .build/bench/data/postmaster.pid)" &
+    MON_PID=$!
+}
+# wait_quiet: before a scenario, wait (up to BENCH_QUIET_WAIT seconds) until the monitor has seen
+# nothing foreign for 5 seconds.
+wait_quiet() {
+    python3 - "$OUT/monitor.jsonl" "$QUIET_WAIT" <<'PY' || say "  the machine is busy with other work; measuring anyway (see 'foreign CPU')"
+import json, sys, time
+path, limit = sys.argv[1], float(sys.argv[2])
+deadline = time.time() + limit
+while True:
+    try:
+        tail = [json.loads(l) for l in open(path).read().splitlines()[-10:]]
+    except (OSError, ValueError):
+        tail = []
+    if len(tail) == 10 and not any(s["foreign"] for s in tail) and time.time() - tail[-1]["t"] < 2:
+        sys.exit(0)
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.5)
+PY
+}
+
+# scenario NAME DB SCRIPT [pgbench args...]: wait for a quiet machine, checkpoint, warm up, then
+# measure with per-transaction logs. An attempt that shared the CPU with foreign work for more
+# than BENCH_MAX_FOREIGN of its samples is repeated (up to BENCH_RETRIES times); the table shows
+# the cleanest attempt. Transactions of every attempt (warm-ups included) are counted in
+# NAME.txns for the exactness checks.
 scenario() {
     local name=$1 db=$2 script=$3; shift 3
-    say "scenario $name"
-    "${PSQL[@]}" -d "$db" -c CHECKPOINT
-    "$BIN/pgbench" -n -c "$CLIENTS" -j "$THREADS" -M prepared -T "$WARMUP" -f "$B/sql/$script" "$@" "$db" \
-        > "$OUT/$name.warmup.out" 2>&1 || true
-    local lsn0 lsn1 rc=0
-    lsn0=$(wal_lsn "$db")
-    "$BIN/pgbench" -n -c "$CLIENTS" -j "$THREADS" -M prepared -T "$SECS" -f "$B/sql/$script" "$@" \
-        -l --log-prefix="$OUT/$name" "$db" > "$OUT/$name.out" 2>&1 || rc=$?
-    lsn1=$(wal_lsn "$db")
-    python3 "$B/report.py" summarize "$OUT" "$name" --exit-code "$rc" --wal-bytes "$(wal_diff "$db" "$lsn0" "$lsn1")"
+    local attempt=0 rc lsn0 lsn1 t0 t1 foreign
+    : > "$OUT/$name.txns"
+    while :; do
+        attempt=$((attempt + 1))
+        wait_quiet
+        say "scenario $name$( ((attempt > 1)) && echo " (attempt $attempt)")"
+        "${PSQL[@]}" -d "$db" -c CHECKPOINT
+        "$BIN/pgbench" -n -c "$CLIENTS" -j "$THREADS" -M prepared -T "$WARMUP" -f "$B/sql/$script" "$@" "$db" \
+            > "$OUT/$name.a$attempt.warmup.out" 2>&1 || true
+        processed "$OUT/$name.a$attempt.warmup.out" >> "$OUT/$name.txns"
+        rc=0
+        lsn0=$(wal_lsn "$db")
+        t0=$(now)
+        "$BIN/pgbench" -n -c "$CLIENTS" -j "$THREADS" -M prepared -T "$SECS" -f "$B/sql/$script" "$@" \
+            -l --log-prefix="$OUT/$name.a$attempt" "$db" > "$OUT/$name.a$attempt.out" 2>&1 || rc=$?
+        t1=$(now)
+        lsn1=$(wal_lsn "$db")
+        processed "$OUT/$name.a$attempt.out" >> "$OUT/$name.txns"
+        foreign=$(python3 "$B/report.py" summarize "$OUT" "$name" --attempt "$attempt" --exit-code "$rc" \
+            --wal-bytes "$(wal_diff "$db" "$lsn0" "$lsn1")" --window "$t0" "$t1")
+        if ((attempt > RETRIES)) || python3 -c "import sys; sys.exit(float(sys.argv[1]) > float(sys.argv[2]))" "$foreign" "$MAX_FOREIGN"; then
+            break
+        fi
+        say "  $name shared the CPU with other work (${foreign}); again"
+    done
 }
+processed() { sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$1" | grep . || echo 0; }
+txns() { awk '{ s += $1 } END { print s + 0 }' "$OUT/$1.txns"; }
 # check NAME DESCRIPTION EXPECTED ACTUAL: an exactness check, recorded in checks.jsonl.
 check() {
     local ok=false; [ "$3" = "$4" ] && ok=true
     echo "{\"scenario\": \"$1\", \"check\": \"$2\", \"expected\": \"$3\", \"actual\": \"$4\", \"ok\": $ok}" >> "$OUT/checks.jsonl"
     $ok || say "  CHECK FAILED: $1: $2: expected $3, got $4"
 }
-txns() { # transactions processed by the warm-up and the measured run of scenario NAME
-    python3 - "$OUT/$1.warmup.out" "$OUT/$1.out" <<'PY'
-import re, sys
-print(sum(int(m.group(1)) for f in sys.argv[1:] for m in [re.search(r"number of transactions actually processed: (\d+)", open(f).read())] if m))
-PY
-}
+
+start_monitor
 
 # --- database bench: baseline, hand-rolled, every verification mode ------------------------------
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench" -c "CREATE DATABASE bench_scale" -c "CREATE DATABASE better_auth"
@@ -179,6 +225,8 @@ SELECT sha256(convert_to(k.key, 'UTF8')), 'user_' || (k.i % 10000), 'plain ' || 
 INSERT INTO handrolled_keys (hash, owner, name, remaining)
 SELECT sha256(convert_to(k.key, 'UTF8')), 'user_' || (k.i % 10000), 'credits ' || k.i, 1000000000
   FROM bench_keys k WHERE k.i BETWEEN 20000001 AND $((20000000 + N));
+INSERT INTO handrolled_keys (hash, owner, name, remaining)
+SELECT sha256(convert_to(k.key, 'UTF8')), 'hot', 'hot credits', 1000000000000 FROM bench_keys k WHERE k.i = 40000001;
 SQL
 finish_load bench
 
@@ -206,6 +254,9 @@ check verify_hot_rate "admitted in the window = verifications" "$(txns verify_ho
 scenario verify_hot_credits bench verify_hot_credits.sql "${D[@]}"
 check verify_hot_credits "credits spent = verifications" "$(txns verify_hot_credits)" \
     "$((1000000000000 - $(q bench "SELECT remaining FROM api_key.keys WHERE name = 'hot credits'")))"
+
+# Reference for the hot key with credits: the hand-rolled function on the same single key.
+scenario handrolled_hot bench handrolled_hot.sql "${D[@]}"
 
 scenario verify_argon bench verify_argon.sql -D "n=$N_ARGON"
 

@@ -81,7 +81,7 @@ CREATE TABLE api_key.keys (
 COMMENT ON TABLE api_key.keys IS 'One row per key: owner (reference_type, reference_id), permissions, limits and usage state. Never the key or its hash (see api_key.key_secrets).';
 COMMENT ON COLUMN api_key.keys.start IS 'The first characters of the key, for display; not enough to use it';
 COMMENT ON COLUMN api_key.keys.remaining IS 'Credits left; NULL means unlimited';
-COMMENT ON COLUMN api_key.keys.last_used_at IS 'Last admitted verification, kept coarsely: see api_key.last_used_flush_interval';
+COMMENT ON COLUMN api_key.keys.last_used_at IS 'Last admitted verification, kept coarsely: see api_key.last_used_precision';
 COMMENT ON COLUMN api_key.keys.created_by IS 'Audit only: the actor that created the key. Ownership is (reference_type, reference_id).';
 CREATE INDEX keys_by_reference ON api_key.keys (reference_type, reference_id, created_at, id);
 CREATE INDEX keys_by_expiry ON api_key.keys (expires_at) WHERE expires_at IS NOT NULL;

@@ -8,9 +8,9 @@ use std::ffi::CString;
 /// `current_setting('api_key.actor', true)`; defined here so that `SHOW` documents it.
 pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// `api_key.last_used_flush_interval`: seconds a backend keeps `last_used_at` updates in
-/// memory before writing them in one batch. This is the precision of `last_used_at`.
-pub static LAST_USED_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(30);
+/// `api_key.last_used_precision`: `last_used_at` is written at most once per key per this many
+/// seconds, batched per backend (see `last_used.rs`).
+pub static LAST_USED_PRECISION: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 /// `api_key.rate_limit_slots`: keys with an open rate-limit window that shared memory holds
 /// (32 bytes each) when the library is preloaded. Beyond that, counting falls back to the
@@ -27,10 +27,10 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
-        c"api_key.last_used_flush_interval",
-        c"Seconds between batched writes of last_used_at by one backend.",
-        c"last_used_at is kept in backend memory and written at most this often, so that verification costs no WAL write per call.",
-        &LAST_USED_FLUSH_INTERVAL,
+        c"api_key.last_used_precision",
+        c"Precision of last_used_at, in seconds.",
+        c"A key's last_used_at is written at most once per period, in batches, so that verification costs no WAL write per call.",
+        &LAST_USED_PRECISION,
         1,
         3600,
         GucContext::Suset,

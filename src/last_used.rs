@@ -1,13 +1,15 @@
-//! `last_used_at` without a WAL write per verification: each backend remembers the keys it
-//! admitted and when, and writes them in one UPDATE at most every
-//! `api_key.last_used_flush_interval` seconds (or when 1024 keys are waiting). Rows locked by
+//! `last_used_at` without a WAL write per verification. A use is recorded only when the stored
+//! `last_used_at` is older than `api_key.last_used_precision` (so a key is written at most
+//! once per precision period, however often it is used); each backend keeps recorded uses in
+//! memory and writes them in one UPDATE when half the precision period has passed since its
+//! last write, or when 1024 keys are waiting. Rows locked by
 //! a concurrent transaction are skipped rather than waited for (no deadlock with credit
 //! updates); their time is written by a later flush. A backend that exits normally writes what
 //! is pending on its way out (a `before_shmem_exit` callback, as PostgreSQL itself does to drop
 //! temporary tables); one that dies or is terminated loses it. So `last_used_at` is precise to
 //! the flush interval, best effort.
 
-use crate::gucs::LAST_USED_FLUSH_INTERVAL;
+use crate::gucs::LAST_USED_PRECISION;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
@@ -27,22 +29,25 @@ thread_local! {
         RefCell::new(Pending { times: HashMap::new(), last_flush: 0, exit_hook: false });
 }
 
+// Rows are found through the primary key (id = ANY), locked without waiting, and written only
+// if the new time is later.
 const FLUSH: &str = "
-    WITH used AS (
-        SELECT u.id, u.at FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
-    ), locked AS (
-        SELECT k.id, used.at FROM api_key.keys k JOIN used ON used.id = k.id
-         WHERE k.last_used_at IS NULL OR k.last_used_at < used.at
-         FOR UPDATE OF k SKIP LOCKED
-    )
-    UPDATE api_key.keys k SET last_used_at = locked.at FROM locked WHERE k.id = locked.id";
+    UPDATE api_key.keys k SET last_used_at = u.at
+      FROM (SELECT l.id, x.at
+              FROM (SELECT id FROM api_key.keys WHERE id = ANY($1) FOR UPDATE SKIP LOCKED) AS l
+              JOIN unnest($1::uuid[], $2::timestamptz[]) AS x(id, at) ON x.id = l.id) AS u
+     WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)";
 
-/// Note that `key_id` was used now; flush if the batch is due. Called inside the verify SPI
-/// connection.
-pub fn record(client: &mut SpiClient<'_>, key_id: Uuid) {
+/// Note that `key_id`, whose stored `last_used_at` is `stored`, was used now; write the batch
+/// if it is due.
+pub fn record(key_id: Uuid, stored: Option<i64>) {
     // SAFETY: reads the clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let interval = LAST_USED_FLUSH_INTERVAL.get() as i64 * 1_000_000;
+    let precision = LAST_USED_PRECISION.get() as i64 * 1_000_000;
+    if stored.is_some_and(|at| now - at < precision) {
+        return;
+    }
+    let interval = precision / 2;
     let batch = PENDING.with(|p| {
         let mut p = p.borrow_mut();
         if p.last_flush == 0 {
@@ -64,7 +69,7 @@ pub fn record(client: &mut SpiClient<'_>, key_id: Uuid) {
         Some(std::mem::take(&mut p.times))
     });
     if let Some(batch) = batch {
-        flush(client, batch);
+        crate::verify::with_pinned_search_path(|client| flush(client, batch));
     }
 }
 
@@ -100,7 +105,7 @@ unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sy
         // SAFETY: no transaction is open (checked above); this is how PostgreSQL's own exit
         // callbacks (RemoveTempRelationsCallback) run SQL.
         unsafe { pg_sys::StartTransactionCommand() };
-        Spi::connect_mut(|client| flush(client, batch));
+        crate::verify::with_pinned_search_path(|client| flush(client, batch));
         unsafe { pg_sys::CommitTransactionCommand() };
     })
     .catch_others(|_| {

@@ -19,6 +19,7 @@ pub mod gucs;
 pub mod hashing;
 pub mod key_format;
 pub mod last_used;
+pub mod lookup;
 pub mod permissions;
 pub mod primitives;
 pub mod rate_limit;

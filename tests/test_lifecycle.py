@@ -323,6 +323,74 @@ def test_config_scoping_and_config_defaults(app, service):
     assert service.val("SELECT api_key_config_delete(%s)", [cfg]) is True
 
 
+def test_config_changes_apply_to_keys_created_afterwards(app, service):
+    cfg = uid("cfg")
+    service.rows("SELECT * FROM api_key_config_create(id => %s, prefix => 'ok_')", [cfg])
+    user, old = user_key(app, config_id=cfg)
+    service.rows("SELECT * FROM api_key_config_update(id => %s, settings => '{\"prefix\": \"nk_\", "
+                 "\"rate_limit_enabled\": true, \"rate_limit_max\": 1, \"rate_limit_window\": \"1 hour\"}')", [cfg])
+    _, new = user_key(app, user, config_id=cfg)
+    assert old["key"].startswith("ok_") and new["key"].startswith("nk_")
+    assert [verify(app, old["key"])["code"] for _ in range(3)] == ["VALID"] * 3, "old keys keep their settings"
+    assert [verify(app, new["key"])["code"] for _ in range(2)] == ["VALID", "RATE_LIMITED"]
+    listed = app.rows("SELECT id FROM api_key_list_for_reference(reference_id => %s, config_id => %s)", [user, cfg],
+                      actor=user)
+    assert {r["id"] for r in listed} == {old["id"], new["id"]}
+    assert app.rows("SELECT id FROM api_key_list_for_reference(reference_id => %s, config_id => 'default')", [user],
+                    actor=user) == []
+
+
+def test_update_respects_config_max_expiry(app, service):
+    cfg = uid("cfg")
+    service.rows("SELECT * FROM api_key_config_create(id => %s, max_expires_in => '30 days')", [cfg])
+    expect_error("22004", create, app, actor="u_x", reference_id="u_x", config_id=cfg)
+    expect_error("22023", create, app, actor="u_x", reference_id="u_x", config_id=cfg, expires_in="31 days")
+    user, made = user_key(app, config_id=cfg, expires_in="29 days")
+    expect_error("22023", app.rows, "SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval '1 year')",
+                 [made["id"]], actor=user)
+    app.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval '1 day')", [made["id"]], actor=user)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: api_key_update re-validates the whole key against the configuration's "
+                   "current rules, so after a config_update (name_required, metadata_enabled => false, a shorter "
+                   "name_max_length) existing keys can no longer even be disabled")
+@pytest.mark.parametrize("tighten", ['{"name_required": true}', '{"metadata_enabled": false}',
+                                     '{"name_min_length": 1, "name_max_length": 3}'])
+def test_existing_key_can_be_disabled_after_the_config_tightens(tighten, app, service):
+    cfg = uid("cfg")
+    service.rows("SELECT * FROM api_key_config_create(id => %s)", [cfg])
+    user, made = user_key(app, config_id=cfg, metadata='{"a": 1}', **({"name": "a long name"} if "max" in tighten else {}))
+    service.rows("SELECT * FROM api_key_config_update(id => %s, settings => %s::jsonb)", [cfg, tighten])
+    row = app.one("SELECT enabled FROM api_key_update(id => %s, enabled => false)", [made["id"]], actor=user)
+    assert row["enabled"] is False
+    assert verify(app, made["key"])["code"] == "DISABLED"
+
+
+@pytest.mark.parametrize("ident", ["o'Brien", 'say "hi"', "back\\slash", "100%_done", "ключ", "🔑 emoji",
+                                   "semi;colon -- x", "new\nline", "x" * 256])
+def test_unusual_identifiers_round_trip(ident, app):
+    made = create(app, actor=ident, reference_id=ident, name=ident[:128])
+    r = verify(app, made["key"])
+    assert (r["code"], r["reference_id"], r["name"]) == ("VALID", ident, ident[:128])
+    assert [x["id"] for x in app.rows("SELECT id FROM api_key.keys", actor=ident)] == [made["id"]]
+    assert app.one("SELECT id FROM api_key_get(%s)", [made["id"]], actor=ident)["id"] == made["id"]
+    expect_error("42501", app.rows, "SELECT id FROM api_key_get(%s)", [made["id"]], actor=ident + "x")
+
+
+def test_many_management_calls_in_one_statement_and_transaction(service, su):
+    ref = uid("bulk")
+    ids = [r["id"] for r in service.rows("SELECT (api_key_create(reference_id => %s, name => 'b' || g)).id "
+                                          "FROM generate_series(1, 100) g", [ref])]
+    assert len(set(ids)) == 100
+    with service.tx() as conn:
+        for i in ids[:80]:
+            conn.execute("SELECT 1 FROM api_key_update(id => %s, enabled => false)", [i])
+    assert su.val("SELECT count(*) FROM api_key.keys WHERE reference_id = %s AND NOT enabled", [ref]) == 80
+    revoked = service.rows("SELECT api_key_revoke(id) AS ok FROM api_key.keys WHERE reference_id = %s", [ref])
+    assert len(revoked) == 100 and all(r["ok"] for r in revoked)
+    assert su.val("SELECT count(*) FROM api_key.keys WHERE reference_id = %s", [ref]) == 0
+
+
 def test_argon2id_configuration(app, service, su):
     cfg = uid("argon")
     service.rows("SELECT * FROM api_key_config_create(id => %s, hash_algorithm => 'argon2id', body_length => 40, "
@@ -361,13 +429,37 @@ def test_delete_expired_is_for_the_service(app, service, su):
 
 
 def test_last_used_at_is_written_in_batches(app, new_client, su):
-    _, made = user_key(app)
+    """With api_key.last_used_precision = 1 s, a backend writes its batch half a second later."""
+    _, a = user_key(app)
+    _, b = user_key(app)
     c = new_client("postgres")
-    c.rows("SET api_key.last_used_flush_interval = 1")
+    assert verify(c, a["key"])["code"] == "VALID"          # loads the library: the setting exists
+    c.rows("SET api_key.last_used_precision = 1")
+    assert verify(c, a["key"])["code"] == "VALID"
+    time.sleep(0.7)
+    assert verify(c, b["key"])["code"] == "VALID"          # due: writes the batch
+    got = su.one("SELECT (SELECT last_used_at FROM api_key.keys WHERE id = %s) a, "
+                 "(SELECT last_used_at FROM api_key.keys WHERE id = %s) b", [a["id"], b["id"]])
+    assert got["a"] is not None and got["b"] is not None
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the exit-time flush (before_shmem_exit) runs SPI without an active "
+                   "snapshot: 'FATAL: cannot execute SQL without an outer snapshot or portal' in the server log at "
+                   "every backend exit with pending uses, and those last_used_at times are lost")
+def test_last_used_at_is_written_when_the_backend_exits(app, new_client, su):
+    """last_used_at is written in batches, and what a backend holds is written when it exits
+    normally: verify on a fresh connection, close it, and the time shows up shortly after."""
+    _, made = user_key(app)
+    assert su.val("SELECT last_used_at FROM api_key.keys WHERE id = %s", [made["id"]]) is None
+    c = new_client("akt_app")
     assert verify(c, made["key"])["code"] == "VALID"
-    time.sleep(1.1)
-    assert verify(c, made["key"])["code"] == "VALID"   # due: flushes the batch
-    assert su.val("SELECT last_used_at IS NOT NULL FROM api_key.keys WHERE id = %s", [made["id"]]) is True
+    c.close()
+    deadline = time.time() + 3
+    while su.val("SELECT last_used_at FROM api_key.keys WHERE id = %s", [made["id"]]) is None:
+        assert time.time() < deadline, "last_used_at not written after the backend exited"
+        time.sleep(0.05)
+    at = su.val("SELECT last_used_at FROM api_key.keys WHERE id = %s", [made["id"]])
+    assert su.val("SELECT now() - %s < interval '1 minute'", [at]) is True
 
 
 def test_read_only_transaction(app, su):
@@ -434,9 +526,9 @@ def test_empty_prefix_with_shortest_body_verifies(app, service):
     assert verify(app, made["key"])["code"] == "VALID"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: verify's second lookup (Argon2 lookup id) also matches SHA-256 "
-                   "secrets, so <key><any 24 base62 chars><checksum> verifies as the key")
 def test_a_longer_string_that_starts_with_a_key_is_not_that_key(app):
+    """<key><24 base62 chars><checksum> has the key as its Argon2 "lookup id": it must not be
+    accepted as the SHA-256 key it starts with (found by this suite; fixed)."""
     _, made = user_key(app)
     extended = with_checksum(made["key"] + random_body(24))
     assert extended != made["key"]

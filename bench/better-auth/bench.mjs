@@ -146,7 +146,9 @@ async function main() {
     await drive(auth, keys, WARMUP, null);
     const lat = [];
     const lsn0 = await walLsn();
+    const w0 = Date.now() / 1000;
     const r = await drive(auth, keys, SECONDS, lat);
+    const w1 = Date.now() / 1000;
     const wal = await walBytes(lsn0, await walLsn());
     lat.sort((a, b) => a - b);
     const n = r.ok + r.failed;
@@ -160,6 +162,7 @@ async function main() {
       error_codes: r.codes,
       seconds: r.elapsed,
       wal_bytes_per_op: n ? wal / n : null,
+      window: [w0, w1],
     });
     process.stderr.write(`${name}: ${(n / r.elapsed).toFixed(0)} ops/s, ${r.failed} errors\n`);
   }

@@ -1,0 +1,266 @@
+//! Reading a key for verification straight from the two primary-key indexes
+//! (`key_secrets.lookup`, then `keys.id`), without SQL: no parse, no plan, no executor start-up.
+//! This is the part of every verification, valid or not, that touches tables, so it is the
+//! part that decides how close `api_key_verify` comes to a bare indexed SELECT.
+//!
+//! Relations are found by name in schema `api_key` on every call (two syscache probes each),
+//! so a dropped and re-created extension is picked up at once; column numbers are found by
+//! name and cached per relation OID.
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::FromDatum;
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+/// What verification needs of a key, read under the statement's snapshot.
+pub struct StoredKey {
+    pub id: [u8; 16],
+    pub enabled: bool,
+    /// The earlier of the key's and the secret's expiry (microseconds, Postgres epoch).
+    pub expires_at: Option<i64>,
+    pub argon2_hash: Option<String>,
+    pub reference_type: String,
+    pub reference_id: String,
+    pub config_id: String,
+    pub name: Option<String>,
+    /// Detoasted copies in the current memory context, ready to return.
+    pub permissions: Option<Datum>,
+    pub metadata: Option<Datum>,
+    pub remaining: Option<i64>,
+    pub rate_limit: Option<(i32, i64)>,
+    pub last_used_at: Option<i64>,
+}
+
+#[derive(Clone, Copy)]
+struct SecretColumns {
+    relid: Oid,
+    key_id: i32,
+    algorithm: i32,
+    argon2_hash: i32,
+    expires_at: i32,
+}
+
+#[derive(Clone, Copy)]
+struct KeyColumns {
+    relid: Oid,
+    config_id: i32,
+    reference_type: i32,
+    reference_id: i32,
+    name: i32,
+    enabled: i32,
+    expires_at: i32,
+    permissions: i32,
+    metadata: i32,
+    remaining: i32,
+    rate_limit_enabled: i32,
+    rate_limit_max: i32,
+    rate_limit_window: i32,
+    last_used_at: i32,
+}
+
+thread_local! {
+    static COLUMNS: RefCell<Option<(SecretColumns, KeyColumns)>> = const { RefCell::new(None) };
+}
+
+unsafe fn attnum(relid: Oid, name: &CStr) -> i32 {
+    // SAFETY: plain syscache lookup.
+    let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) } as i32;
+    if n <= 0 {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("api_key: column {} is missing; reinstall the extension", name.to_string_lossy()),
+        );
+    }
+    n
+}
+
+fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
+    if let Some(c) = COLUMNS.with(|c| *c.borrow()) {
+        if c.0.relid == secrets && c.1.relid == keys {
+            return c;
+        }
+    }
+    // SAFETY: syscache lookups on relations that exist (their OIDs were just resolved).
+    let c = unsafe {
+        (
+            SecretColumns {
+                relid: secrets,
+                key_id: attnum(secrets, c"key_id"),
+                algorithm: attnum(secrets, c"algorithm"),
+                argon2_hash: attnum(secrets, c"argon2_hash"),
+                expires_at: attnum(secrets, c"expires_at"),
+            },
+            KeyColumns {
+                relid: keys,
+                config_id: attnum(keys, c"config_id"),
+                reference_type: attnum(keys, c"reference_type"),
+                reference_id: attnum(keys, c"reference_id"),
+                name: attnum(keys, c"name"),
+                enabled: attnum(keys, c"enabled"),
+                expires_at: attnum(keys, c"expires_at"),
+                permissions: attnum(keys, c"permissions"),
+                metadata: attnum(keys, c"metadata"),
+                remaining: attnum(keys, c"remaining"),
+                rate_limit_enabled: attnum(keys, c"rate_limit_enabled"),
+                rate_limit_max: attnum(keys, c"rate_limit_max"),
+                rate_limit_window: attnum(keys, c"rate_limit_window"),
+                last_used_at: attnum(keys, c"last_used_at"),
+            },
+        )
+    };
+    COLUMNS.with(|cell| *cell.borrow_mut() = Some(c));
+    c
+}
+
+fn relation(namespace: Oid, name: &CStr) -> Oid {
+    // SAFETY: plain syscache lookup.
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
+    if oid == pg_sys::InvalidOid {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("api_key: relation api_key.{} is missing; reinstall the extension", name.to_string_lossy()),
+        );
+    }
+    oid
+}
+
+/// One open index scan over a unique index, yielding at most one visible row.
+struct UniqueProbe {
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    found: bool,
+}
+
+impl UniqueProbe {
+    /// # Safety
+    /// `heap`/`index` must be a table and its unique single-column index whose column compares
+    /// with `eq_proc`; `value` must be a datum of that column's type.
+    unsafe fn run(heap_oid: Oid, index_oid: Oid, eq_proc: u32, value: Datum) -> Self {
+        unsafe {
+            let heap = pg_sys::table_open(heap_oid, pg_sys::AccessShareLock as i32);
+            let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
+            let snapshot = if pg_sys::ActiveSnapshotSet() {
+                pg_sys::GetActiveSnapshot()
+            } else {
+                pg_sys::GetTransactionSnapshot()
+            };
+            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+            pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(eq_proc), value);
+            let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
+            pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
+            pg_sys::index_endscan(scan);
+            UniqueProbe { heap, index, slot, found }
+        }
+    }
+
+    fn get(&self, attnum: i32) -> Option<Datum> {
+        let mut isnull = false;
+        // SAFETY: the slot holds a row of `heap` (found = true) and attnum is one of its columns.
+        let d = unsafe { pg_sys::slot_getattr(self.slot, attnum, &mut isnull) };
+        (!isnull).then_some(d)
+    }
+
+    fn text(&self, attnum: i32) -> Option<String> {
+        // SAFETY: the column is of type text.
+        self.get(attnum).and_then(|d| unsafe { String::from_datum(d, false) })
+    }
+
+    fn int8(&self, attnum: i32) -> Option<i64> {
+        self.get(attnum).map(|d| d.value() as i64)
+    }
+
+    fn bool(&self, attnum: i32) -> Option<bool> {
+        self.get(attnum).map(|d| d.value() != 0)
+    }
+
+    /// A detoasted copy that outlives the slot.
+    fn varlena_copy(&self, attnum: i32) -> Option<Datum> {
+        // SAFETY: the column is a varlena type (jsonb).
+        self.get(attnum).map(|d| unsafe { Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) })
+    }
+
+    /// An interval in microseconds (months as 30 days, as `extract(epoch …)` does).
+    fn interval_micros(&self, attnum: i32) -> Option<i64> {
+        self.get(attnum).map(|d| {
+            // SAFETY: the column is of type interval (passed by reference).
+            let i = unsafe { *d.cast_mut_ptr::<pg_sys::Interval>() };
+            i.time + (i.day as i64 + i.month as i64 * 30) * 86_400_000_000
+        })
+    }
+}
+
+impl Drop for UniqueProbe {
+    fn drop(&mut self) {
+        // SAFETY: releases what `run` acquired; the lock is kept until the transaction ends,
+        // as for any relation a query reads.
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::index_close(self.index, pg_sys::NoLock as i32);
+            pg_sys::table_close(self.heap, pg_sys::NoLock as i32);
+        }
+    }
+}
+
+/// The key whose secret has index value `lookup` (a SHA-256 digest), if any is visible.
+pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
+    // SAFETY: catalog lookups and index probes on the extension's own tables, with datums of
+    // the indexed columns' types (bytea, uuid) built just here.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"api_key".as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
+            return None;
+        }
+        let secrets = relation(namespace, c"key_secrets");
+        let keys = relation(namespace, c"keys");
+        let (sc, kc) = columns(secrets, keys);
+
+        let lookup_datum = pgrx::IntoDatum::into_datum(lookup.to_vec()).expect("bytea datum");
+        let secret = UniqueProbe::run(secrets, relation(namespace, c"key_secrets_pkey"), pg_sys::F_BYTEAEQ, lookup_datum);
+        if !secret.found {
+            return None;
+        }
+        let key_id = secret.get(sc.key_id)?;
+        let id: [u8; 16] = *key_id.cast_mut_ptr::<[u8; 16]>();
+        let argon2 = secret.text(sc.algorithm).as_deref() == Some("argon2id");
+        let argon2_hash = if argon2 { secret.text(sc.argon2_hash) } else { None };
+        let secret_expires = secret.int8(sc.expires_at);
+        let id_datum = pgrx::IntoDatum::into_datum(pgrx::Uuid::from_bytes(id)).expect("uuid datum");
+        drop(secret);
+
+        let key = UniqueProbe::run(keys, relation(namespace, c"keys_pkey"), pg_sys::F_UUID_EQ, id_datum);
+        if !key.found {
+            return None;
+        }
+        let key_expires = key.int8(kc.expires_at);
+        let expires_at = match (key_expires, secret_expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let rate_limit = if key.bool(kc.rate_limit_enabled).unwrap_or(false) {
+            Some((
+                key.get(kc.rate_limit_max).map_or(i32::MAX, |d| d.value() as i32),
+                key.interval_micros(kc.rate_limit_window).unwrap_or(0),
+            ))
+        } else {
+            None
+        };
+        Some(StoredKey {
+            id,
+            enabled: key.bool(kc.enabled).unwrap_or(false),
+            expires_at,
+            argon2_hash: if argon2 { Some(argon2_hash.unwrap_or_default()) } else { None },
+            reference_type: key.text(kc.reference_type).unwrap_or_default(),
+            reference_id: key.text(kc.reference_id).unwrap_or_default(),
+            config_id: key.text(kc.config_id).unwrap_or_default(),
+            name: key.text(kc.name),
+            permissions: key.varlena_copy(kc.permissions),
+            metadata: key.varlena_copy(kc.metadata),
+            remaining: key.int8(kc.remaining),
+            rate_limit,
+            last_used_at: key.int8(kc.last_used_at),
+        })
+    }
+}

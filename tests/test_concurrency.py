@@ -1,0 +1,101 @@
+"""Usage control under concurrency: each thread has its own connection (its own backend) and all
+start together at a barrier. Rate limits and credits must be exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from helpers import APP, connect, create, uid
+
+
+def burst(key: str, threads: int, calls: int, cost: int = 1) -> list[dict]:
+    """`threads` connections verify `key` `calls` times each, starting together."""
+    conns = [connect(APP) for _ in range(threads)]
+    barrier = threading.Barrier(threads)
+    results: list[dict] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(conn):
+        try:
+            barrier.wait(timeout=30)
+            mine = [conn.execute("SELECT * FROM api_key_verify(%s, cost => %s)", [key, cost]).fetchone()
+                    for _ in range(calls)]
+            with lock:
+                results.extend(mine)
+        except BaseException as e:  # noqa: BLE001
+            with lock:
+                errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in conns]
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+    finally:
+        for c in conns:
+            c.close()
+    assert not errors, errors
+    assert len(results) == threads * calls
+    return results
+
+
+def codes(results) -> Counter:
+    return Counter(r["code"] for r in results)
+
+
+def test_rate_limit_burst_admits_exactly_max(service):
+    k = create(service, reference_id=uid("u"), rate_limit_max=20, rate_limit_window="1 hour")
+    results = burst(k["key"], threads=40, calls=3)
+    assert codes(results) == {"VALID": 20, "RATE_LIMITED": 100}
+    assert sorted(r["rate_limit_remaining"] for r in results if r["valid"]) == list(range(20))
+    for r in results:
+        if not r["valid"]:
+            assert r["rate_limit_remaining"] == 0 and 0 < r["retry_after_ms"] <= 3_600_000
+
+
+def test_credits_are_spent_exactly(service, su):
+    k = create(service, reference_id=uid("u"), remaining=100)
+    results = burst(k["key"], threads=8, calls=50)
+    assert codes(results) == {"VALID": 100, "USAGE_EXCEEDED": 300}
+    assert sorted(r["remaining"] for r in results if r["valid"]) == list(range(100))
+    assert su.val("SELECT remaining FROM api_key.keys WHERE id = %s", [k["id"]]) == 0
+
+
+def test_credits_with_cost_never_go_below_zero(service, su):
+    k = create(service, reference_id=uid("u"), remaining=100)
+    results = burst(k["key"], threads=8, calls=20, cost=3)
+    assert codes(results)["VALID"] == 33
+    assert su.val("SELECT remaining FROM api_key.keys WHERE id = %s", [k["id"]]) == 1
+
+
+def test_rate_limit_refusals_consume_no_credit(service, su):
+    k = create(service, reference_id=uid("u"), remaining=1000, rate_limit_max=10, rate_limit_window="1 hour")
+    results = burst(k["key"], threads=8, calls=10)
+    assert codes(results) == {"VALID": 10, "RATE_LIMITED": 70}
+    assert su.val("SELECT remaining FROM api_key.keys WHERE id = %s", [k["id"]]) == 990
+
+
+def test_credit_refusals_give_back_rate_allowance(service, su):
+    k = create(service, reference_id=uid("u"), remaining=5, rate_limit_max=10, rate_limit_window="1 hour")
+    first = burst(k["key"], threads=16, calls=1)
+    assert codes(first)["VALID"] == 5
+    assert set(codes(first)) <= {"VALID", "USAGE_EXCEEDED", "RATE_LIMITED"}
+    service.rows("SELECT 1 FROM api_key_update(id => %s, remaining => 100)", [k["id"]])
+    second = burst(k["key"], threads=16, calls=1)
+    assert codes(second) == {"VALID": 5, "RATE_LIMITED": 11}, "credit-refused calls must not have used the window"
+    assert su.val("SELECT remaining FROM api_key.keys WHERE id = %s", [k["id"]]) == 95
+
+
+def test_admitted_again_after_the_window(service):
+    k = create(service, reference_id=uid("u"), rate_limit_max=5, rate_limit_window="1 second")
+    first = burst(k["key"], threads=12, calls=1)
+    assert codes(first) == {"VALID": 5, "RATE_LIMITED": 7}
+    wait = max(r["retry_after_ms"] for r in first if not r["valid"])
+    assert 0 < wait <= 1000
+    time.sleep(wait / 1000 + 0.05)
+    second = burst(k["key"], threads=12, calls=1)
+    assert codes(second) == {"VALID": 5, "RATE_LIMITED": 7}
