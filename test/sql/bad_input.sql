@@ -91,4 +91,5 @@ SELECT case_, try(statement) FROM (VALUES
     ('delete in use',        $$SELECT api_key_config_delete('strict')$$)
 ) AS cases(case_, statement);
 
+DROP FUNCTION try(text);
 DROP EXTENSION api_key;
