@@ -21,7 +21,7 @@ SELECT valid, code
 
 \echo '--- 5. An expired key'
 SELECT id AS expired_id, key AS expired_key FROM api_key_create(reference_id => 'alice', name => 'old', expires_in => '1 day') \gset
-SELECT 1 FROM api_key_update(:'expired_id', expires_at => now() - interval '1 minute');
+SELECT name, expires_at FROM api_key_update(:'expired_id', expires_at => now() - interval '1 minute');
 SELECT valid, code, expires_at FROM api_key_verify(:'expired_key');
 
 \echo '--- 6. Asking for a permission the key does not hold'
@@ -38,8 +38,13 @@ SELECT valid, code, remaining, rate_limit_remaining, retry_after_ms FROM api_key
 SELECT name, start, enabled, expires_at, remaining, permissions, created_at
   FROM api_key_list_for_reference('alice');
 
-\echo '--- 9. As alice herself (an application sets the actor per transaction)'
+\echo '--- 9. As the application, acting for alice: row-level security shows her keys, not bob''s'
+SELECT count(*) AS bob_keys FROM api_key_create(reference_id => 'bob', name => 'bob''s');
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'demo_app') THEN CREATE ROLE demo_app IN ROLE api_key_user; END IF;
+END $$;
 BEGIN;
+SET LOCAL ROLE demo_app;
 SET LOCAL api_key.actor = 'alice';
-SELECT count(*) AS alice_sees FROM api_key.keys;
+SELECT reference_id, name FROM api_key.keys ORDER BY name;
 COMMIT;
