@@ -83,33 +83,41 @@ GRANT EXECUTE ON FUNCTION
     api_key.register_reference_type(bigint, text, regprocedure)
     TO api_key_user, api_key_admin;
 
-REVOKE EXECUTE ON FUNCTION
-    @extschema@.api_key_verify(text, jsonb, integer, text),
-    @extschema@.api_key_authenticate(text, jsonb, integer, text),
-    @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean),
-    @extschema@.api_key_get(uuid),
-    @extschema@.api_key_list_for_reference(text, text, text, integer, uuid),
-    @extschema@.api_key_update(uuid, text, boolean, timestamptz, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[]),
-    @extschema@.api_key_revoke(uuid), @extschema@.api_key_rotate(uuid, interval),
-    @extschema@.api_key_delete_expired(),
-    @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval),
-    @extschema@.api_key_config_update(text, jsonb), @extschema@.api_key_config_delete(text),
-    @extschema@.api_key_use_membership_table(regclass, text, text, text),
-    @extschema@.api_key_register_reference_type(text, regprocedure)
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-    @extschema@.api_key_verify(text, jsonb, integer, text),
-    @extschema@.api_key_authenticate(text, jsonb, integer, text),
-    @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean),
-    @extschema@.api_key_get(uuid),
-    @extschema@.api_key_list_for_reference(text, text, text, integer, uuid),
-    @extschema@.api_key_update(uuid, text, boolean, timestamptz, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[]),
-    @extschema@.api_key_revoke(uuid), @extschema@.api_key_rotate(uuid, interval),
-    @extschema@.api_key_delete_expired(),
-    @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval),
-    @extschema@.api_key_config_update(text, jsonb), @extschema@.api_key_config_delete(text),
-    @extschema@.api_key_use_membership_table(regclass, text, text, text),
-    @extschema@.api_key_register_reference_type(text, regprocedure)
-    TO api_key_user, api_key_admin;
+-- Every public function of the extension: from PUBLIC to the extension's roles. Found through
+-- pg_depend so that no function can be forgotten here.
+DO $grants$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_proc p
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                                     AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+          JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'api_key'
+         WHERE p.pronamespace = '@extschema@'::regnamespace
+           AND p.proname LIKE 'api\_key\_%'
+           AND p.proname NOT LIKE 'api\_key\_current\_%' AND p.proname <> 'api_key_has_permission'
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO api_key_user, api_key_admin', fn);
+    END LOOP;
+END
+$grants$;
 -- The api_key_current_* helpers and api_key_has_permission stay executable by PUBLIC: they
 -- only read the caller's own transaction binding, and application policies call them.
+
+-- Comments on the functions written in Rust (the SQL-defined ones carry theirs).
+COMMENT ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text) IS
+    'Verify an API key: exactly one row (valid, code, key and usage), never an error for any key value. Checks existence, enabled, expiry, permissions, rate limit, credits; a refused call consumes nothing.';
+COMMENT ON FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text) IS
+    'Verify a key and bind the current transaction to it (see api_key_current_*); raises 28000 with the code when not valid.';
+COMMENT ON FUNCTION @extschema@.api_key_current_key_id() IS 'Id of the key this transaction was authenticated with (api_key_authenticate), or NULL';
+COMMENT ON FUNCTION @extschema@.api_key_current_reference_type() IS 'Owner type of the key this transaction was authenticated with, or NULL';
+COMMENT ON FUNCTION @extschema@.api_key_current_reference_id() IS 'Owner id of the key this transaction was authenticated with, or NULL';
+COMMENT ON FUNCTION @extschema@.api_key_has_permission(text, text) IS 'Whether the key this transaction was authenticated with grants action on resource';
+COMMENT ON FUNCTION api_key.caller_token() IS 'Internal: a token naming the calling role for this transaction (see docs/security.md)';
+COMMENT ON FUNCTION api_key.caller_is_service(bigint) IS 'Internal: whether the role behind a caller token may act as the service';
+COMMENT ON FUNCTION api_key.caller_role(bigint) IS 'Internal: the role behind a caller token, for the audit log';
+COMMENT ON FUNCTION api_key.new_secret(text, integer, text) IS 'Internal: a new key, its display start, index lookup value and Argon2 hash';
+COMMENT ON FUNCTION api_key.permissions_problem(jsonb) IS 'Why a value is not a permissions object ({"resource": ["action", …]}), or NULL';
