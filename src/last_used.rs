@@ -91,8 +91,11 @@ fn flush(client: &mut SpiClient<'_>, batch: HashMap<[u8; 16], i64>) {
     }
 }
 
-/// On a normal backend exit, write what is pending in a transaction of its own. Errors are
-/// swallowed: losing a few `last_used_at` times must never turn a clean exit into a failure.
+/// On a normal backend exit, write what is pending in a transaction of its own, as
+/// PostgreSQL's own exit callbacks do (RemoveTempRelationsCallback). An error here would be
+/// promoted to FATAL (the backend is exiting anyway), so the write is attempted only when the
+/// extension's table is there; losing a few `last_used_at` times is acceptable, a noisy exit
+/// is not.
 #[pg_guard]
 unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
     let batch = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().times));
@@ -101,19 +104,18 @@ unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sy
     if code != 0 || batch.is_empty() || in_transaction || !can_write() {
         return;
     }
-    PgTryBuilder::new(|| {
-        // SAFETY: no transaction is open (checked above); this is how PostgreSQL's own exit
-        // callbacks (RemoveTempRelationsCallback) run SQL.
-        unsafe { pg_sys::StartTransactionCommand() };
-        crate::verify::with_pinned_search_path(|client| flush(client, batch));
-        unsafe { pg_sys::CommitTransactionCommand() };
-    })
-    .catch_others(|_| {
-        // SAFETY: undo the half-done transaction; the error itself is dropped on purpose.
-        unsafe {
-            pg_sys::FlushErrorState();
-            pg_sys::AbortCurrentTransaction();
+    // SAFETY: no transaction is open (checked above). The snapshot is what SPI needs to run
+    // a statement outside of a portal.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        let namespace = pg_sys::get_namespace_oid(c"api_key".as_ptr(), true);
+        let table_exists = namespace != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"keys".as_ptr(), namespace) != pg_sys::InvalidOid;
+        if table_exists {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            crate::verify::with_pinned_search_path(|client| flush(client, batch));
+            pg_sys::PopActiveSnapshot();
         }
-    })
-    .execute();
+        pg_sys::CommitTransactionCommand();
+    }
 }
