@@ -438,3 +438,17 @@ def test_authorizer_does_not_run_as_superuser(service, app, su):
     ran_as = su.rows(f"SELECT who, (SELECT rolsuper FROM pg_roles WHERE rolname = who) AS super FROM svc.{probe}")
     assert ran_as, "the authorizer was not called"
     assert not any(r["super"] for r in ran_as), f"the authorizer ran as {ran_as}"
+
+
+def test_deleting_the_organization_row_leaves_its_keys_working(service, app, su):
+    o, owner = uid("org"), uid("u")
+    service.rows("INSERT INTO api_key.organizations (id) VALUES (%s)", [o])
+    service.rows("INSERT INTO api_key.members (organization_id, user_id, role) VALUES (%s, %s, 'owner')", [o, owner])
+    key = create(app, actor=owner, reference_id=o, reference_type="organization")
+    service.rows("DELETE FROM api_key.organizations WHERE id = %s", [o])   # cascades to its members
+    assert su.val("SELECT count(*) FROM api_key.members WHERE organization_id = %s", [o]) == 0
+    assert verify(app, key["key"])["code"] == "VALID"
+    expect_error("42501", run_op, "get", app, owner, "organization", o, key["id"])
+    run_op("update", service, None, "organization", o, key["id"])
+    assert [r["id"] for r in service.rows("SELECT id FROM api_key.keys_without_creator WHERE reference_id = %s", [o])] \
+        == [key["id"]]

@@ -10,6 +10,9 @@ from collections import Counter
 from helpers import APP, connect, create, uid
 
 
+SKEW_MS = 250
+
+
 def burst(key: str, threads: int, calls: int, cost: int = 1) -> list[dict]:
     """`threads` connections verify `key` `calls` times each, starting together."""
     conns = [connect(APP) for _ in range(threads)]
@@ -54,7 +57,9 @@ def test_rate_limit_burst_admits_exactly_max(service):
     assert sorted(r["rate_limit_remaining"] for r in results if r["valid"]) == list(range(20))
     for r in results:
         if not r["valid"]:
-            assert r["rate_limit_remaining"] == 0 and 0 < r["retry_after_ms"] <= 3_600_000
+            # A backend that read the clock just before another opened the window may be told to
+            # wait a few milliseconds more than the window (SKEW_MS): harmless, never less.
+            assert r["rate_limit_remaining"] == 0 and 0 < r["retry_after_ms"] <= 3_600_000 + SKEW_MS
 
 
 def test_credits_are_spent_exactly(service, su):
@@ -95,7 +100,29 @@ def test_admitted_again_after_the_window(service):
     first = burst(k["key"], threads=12, calls=1)
     assert codes(first) == {"VALID": 5, "RATE_LIMITED": 7}
     wait = max(r["retry_after_ms"] for r in first if not r["valid"])
-    assert 0 < wait <= 1000
+    assert 0 < wait <= 1000 + SKEW_MS
     time.sleep(wait / 1000 + 0.05)
     second = burst(k["key"], threads=12, calls=1)
     assert codes(second) == {"VALID": 5, "RATE_LIMITED": 7}
+
+
+def test_refill_happens_once_under_concurrency(service, su):
+    k = create(service, reference_id=uid("u"), remaining=0, refill_amount=10, refill_interval="1 hour")
+    su.rows("UPDATE api_key.keys SET last_refill_at = now() - interval '2 hours' WHERE id = %s", [k["id"]])
+    results = burst(k["key"], threads=8, calls=5)
+    assert codes(results) == {"VALID": 10, "USAGE_EXCEEDED": 30}
+    assert su.val("SELECT remaining FROM api_key.keys WHERE id = %s", [k["id"]]) == 0
+
+
+def test_verification_does_not_wait_for_management(service, app, new_client):
+    """A key being changed in an open transaction still verifies at once (plain keys read only)."""
+    user = uid("u")
+    k = create(service, reference_id=user)
+    holder = new_client("akt_app")
+    with holder.tx(actor=user) as conn:
+        conn.execute("SELECT 1 FROM api_key_update(id => %s, name => 'being edited')", [k["id"]])
+        c = new_client("akt_app")
+        c.rows("SET statement_timeout = '3s'")
+        started = time.time()
+        assert c.val("SELECT code FROM api_key_verify(%s)", [k["key"]]) == "VALID"
+        assert time.time() - started < 2

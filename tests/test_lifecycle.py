@@ -174,7 +174,8 @@ def test_revoked_key_is_not_found_and_gone(app, su):
 
 def test_rotate_with_grace_then_old_key_expires(app, su):
     user, made = user_key(app, permissions='{"files": ["read"]}', remaining=10, name="rot")
-    new = app.one("SELECT * FROM api_key_rotate(id => %s, grace => '1 second')", [made["id"]], actor=user)
+    rotated_at = time.time()
+    new = app.one("SELECT * FROM api_key_rotate(id => %s, grace => '2 seconds')", [made["id"]], actor=user)
     assert new["id"] == made["id"] and new["key"] != made["key"]
     assert new["key"].startswith("sk_") and new["key"][-6:] == checksum(new["key"][:-6])
     assert (new["name"], new["reference_id"]) == ("rot", user)
@@ -185,7 +186,7 @@ def test_rotate_with_grace_then_old_key_expires(app, su):
     assert (old_r["remaining"], new_r["remaining"]) == (9, 8)
     assert new_r["permissions"] == {"files": ["read"]}
     assert su.val("SELECT start FROM api_key.keys WHERE id = %s", [made["id"]]) == new["start"]
-    time.sleep(1.1)
+    time.sleep(max(0.0, rotated_at + 2.1 - time.time()))
     old_r = verify(app, made["key"])
     assert (old_r["valid"], old_r["code"], old_r["key_id"]) == (False, "EXPIRED", made["id"])
     assert verify(app, new["key"])["code"] == "VALID"
@@ -269,13 +270,17 @@ def test_credits_and_cost(app, su):
     assert (r["code"], r["remaining"]) == ("VALID", 0)
 
 
-def test_refill_after_interval(app):
-    _, made = user_key(app, remaining=1, refill_amount=3, refill_interval="1 second")
+def test_refill_after_interval(app, su):
+    _, made = user_key(app, remaining=1, refill_amount=3, refill_interval="1 hour")
     assert (verify(app, made["key"])["code"]) == "VALID"
     assert (verify(app, made["key"])["code"]) == "USAGE_EXCEEDED"
-    time.sleep(1.2)
+    # An hour passes (moved by hand, as superuser, rather than slept).
+    su.rows("UPDATE api_key.keys SET created_at = created_at - interval '61 minutes', "
+            "last_refill_at = last_refill_at - interval '61 minutes' WHERE id = %s", [made["id"]])
     r = verify(app, made["key"])
     assert (r["code"], r["remaining"]) == ("VALID", 2)
+    assert (verify(app, made["key"])["code"], verify(app, made["key"])["code"]) == ("VALID", "VALID")
+    assert verify(app, made["key"])["code"] == "USAGE_EXCEEDED", "one refill per interval"
 
 
 def test_refused_verifications_consume_no_credit(app, su):
@@ -409,6 +414,24 @@ def test_argon2id_configuration(app, service, su):
     assert verify(app, new["key"])["code"] == "VALID" and verify(app, k)["code"] == "VALID"
 
 
+@pytest.mark.parametrize("prefix,body_length,algorithm", [
+    ("", 23, "sha256"), ("sk", 22, "sha256"), ("a" * 32, 128, "sha256"), ("x-y_z-", 22, "sha256"),
+    ("live2024_", 64, "sha256"), ("", 40, "argon2id"), ("ak_", 128, "argon2id"), ("a" * 32, 40, "argon2id"),
+])
+def test_key_format_extremes(prefix, body_length, algorithm, app, service):
+    cfg = uid("fmt")
+    service.rows("SELECT * FROM api_key_config_create(id => %s, prefix => %s, body_length => %s, hash_algorithm => %s)",
+                 [cfg, prefix, body_length, algorithm])
+    user, made = user_key(app, config_id=cfg)
+    k = made["key"]
+    assert k.startswith(prefix) and len(k) == len(prefix) + body_length + 6
+    assert k[-6:] == checksum(k[:-6])
+    assert verify(app, k)["code"] == "VALID"
+    assert verify(app, with_checksum(k[:-7] + ("b" if k[-7] == "a" else "a")))["code"] == "NOT_FOUND"
+    new = app.one("SELECT * FROM api_key_rotate(id => %s, grace => '1 hour')", [made["id"]], actor=user)
+    assert verify(app, new["key"])["code"] == "VALID" and verify(app, k)["code"] == "VALID"
+
+
 def test_delete_expired_is_for_the_service(app, service, su):
     user, made = user_key(app, expires_in="1 hour")
     _, keep = user_key(app, user)
@@ -534,3 +557,21 @@ def test_a_longer_string_that_starts_with_a_key_is_not_that_key(app):
     assert extended != made["key"]
     r = verify(app, extended)
     assert (r["valid"], r["code"]) == (False, "NOT_FOUND")
+
+
+def test_verification_writes_no_wal_per_call(service, new_client, su):
+    """A plain key costs no WAL at all; a rate-limited one none for its window (shared memory
+    when preloaded; else only the commit record of the unlogged-table update, ~40 bytes)."""
+    user = uid("u")
+    plain = create(service, reference_id=user)
+    limited = create(service, reference_id=user, rate_limit_max=100_000, rate_limit_window="1 hour")
+    preloaded = "api_key" in su.val("SHOW shared_preload_libraries")
+    c = new_client("akt_app")
+    n, slack = 500, 16_384   # slack: a checkpoint record, a page prune or a full-page image meanwhile
+    for key, per_call in [(plain["key"], 0), (limited["key"], 0 if preloaded else 64)]:
+        assert verify(c, key)["code"] == "VALID"
+        start = su.val("SELECT pg_current_wal_insert_lsn()")
+        for _ in range(n):
+            c.conn.execute("SELECT code FROM api_key_verify(%s)", [key])
+        used = su.val("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", [start])
+        assert used <= n * per_call + slack, f"{used / n:.1f} WAL bytes per verification"

@@ -134,6 +134,11 @@ def test_audit_log_visibility(world, app, service, su):
                     "WHERE key_id = %s AND action = 'update'", [world["keys"]["org1_1"]["id"]], actor=a)
     assert entry["actor"] == a and entry["database_role"] == "akt_app"
     assert entry["detail"]["name"]["to"] == "x"
+    app.rows("SELECT 1 FROM api_key_update(id => %s, permissions => '{\"files\": [\"read\"]}')",
+             [world["keys"]["a_user_1"]["id"]], actor=a)
+    change = app.one("SELECT detail FROM api_key.audit_log WHERE key_id = %s AND action = 'update'",
+                     [world["keys"]["a_user_1"]["id"]], actor=a)["detail"]
+    assert change["permissions"] == {"from": None, "to": {"files": ["read"]}}
     created = app.one("SELECT actor, action FROM api_key.audit_log WHERE key_id = %s AND action = 'create'",
                       [world["keys"]["org1_2"]["id"]], actor=a)
     assert created == {"actor": None, "action": "create"}
