@@ -25,10 +25,9 @@ BEGIN
          WHERE m.organization_id = p_organization_id AND m.user_id = p_user_id;
         RETURN found_role;
     END IF;
-    EXECUTE format('SELECT %I::text FROM %s WHERE %I::text = $1 AND %I::text = $2 LIMIT 1',
-                   src.role_column, src.relation, src.organization_column, src.user_column)
-       INTO found_role USING p_organization_id, p_user_id;
-    RETURN found_role;
+    -- Read as the table's owner, never as the extension owner (see src/run_as_owner.rs).
+    RETURN api_key.member_role_from(src.relation, src.organization_column, src.user_column, src.role_column,
+                                    p_organization_id, p_user_id);
 END
 $$;
 COMMENT ON FUNCTION api_key.member_role(text, text) IS 'Role of a user in an organization, from the configured membership source; NULL when not a member';
@@ -64,7 +63,6 @@ AS $$
 DECLARE
     found_role text;
     authorizer regprocedure;
-    allowed boolean;
 BEGIN
     IF p_actor IS NULL OR p_reference_type IS NULL OR p_reference_id IS NULL THEN
         RETURN false;
@@ -78,9 +76,8 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    EXECUTE format('SELECT %s($1, $2, $3)', authorizer::oid::regproc) INTO allowed
-      USING p_actor, p_reference_id, p_action;
-    RETURN coalesce(allowed, false);
+    -- Called as the authorizer's owner, never as the extension owner (see src/run_as_owner.rs).
+    RETURN coalesce(api_key.call_authorizer(authorizer, p_actor, p_reference_id, p_action), false);
 END
 $$;
 COMMENT ON FUNCTION api_key.actor_may(text, text, text, text) IS 'Whether an actor may create/read/update/delete the keys of a reference (no error)';
@@ -216,6 +213,13 @@ BEGIN
                 USING ERRCODE = 'undefined_column',
                       HINT = 'Name the organization, user and role columns: organization_column => ..., user_column => ..., role_column => ...';
         END IF;
+        -- Membership is read as the table's owner: the caller must be allowed to read it too,
+        -- or this would be a way to read what it may not.
+        IF NOT pg_catalog.has_column_privilege(api_key.caller_role(p_token), p_relation, col, 'SELECT') THEN
+            RAISE EXCEPTION 'permission denied: % may not read column "%" of %', api_key.caller_role(p_token), col, p_relation
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'GRANT SELECT on the membership table to the role that configures it.';
+        END IF;
     END LOOP;
     INSERT INTO api_key.membership_source (relation, organization_column, user_column, role_column)
     VALUES (p_relation, p_organization_column, p_user_column, p_role_column);
@@ -248,9 +252,19 @@ BEGIN
                   HINT = 'Use lower-case letters, digits and _, starting with a letter; user and organization are built in.';
     END IF;
     SELECT * INTO fn FROM pg_catalog.pg_proc p WHERE p.oid = p_authorizer;
-    IF fn.prorettype <> 'boolean'::regtype OR fn.proargtypes::oid[] <> ARRAY['text'::regtype, 'text'::regtype, 'text'::regtype]::oid[] THEN
+    IF fn.prorettype <> 'boolean'::regtype OR fn.pronargs <> 3 OR fn.proretset
+       OR fn.proargtypes[0] <> 'text'::regtype OR fn.proargtypes[1] <> 'text'::regtype
+       OR fn.proargtypes[2] <> 'text'::regtype THEN
         RAISE EXCEPTION 'authorizer % must take (actor text, reference_id text, action text) and return boolean', p_authorizer
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The authorizer runs as its owner: the caller must be able to act as that owner, or this
+    -- would be a way to run someone else's function with their rights.
+    IF NOT pg_catalog.pg_has_role(api_key.caller_role(p_token), fn.proowner, 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied: authorizer % belongs to %, which % may not act as',
+              p_authorizer, fn.proowner::regrole, api_key.caller_role(p_token)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Register a function owned by the registering role.';
     END IF;
     INSERT INTO api_key.reference_types (reference_type, authorizer) VALUES (p_reference_type, p_authorizer)
     ON CONFLICT (reference_type) DO UPDATE SET authorizer = excluded.authorizer;

@@ -32,9 +32,6 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END IF;
-    IF p_remaining < 0 THEN
-        RAISE EXCEPTION 'remaining must not be negative' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF p_refill_amount <= 0 THEN
         RAISE EXCEPTION 'refill_amount must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -44,6 +41,9 @@ BEGIN
     IF (p_refill_amount IS NULL) <> (p_refill_interval IS NULL) THEN
         RAISE EXCEPTION 'refill_amount and refill_interval go together' USING ERRCODE = 'invalid_parameter_value',
               HINT = 'Pass both, e.g. refill_amount => 1000, refill_interval => ''1 day''.';
+    END IF;
+    IF p_remaining < 0 THEN
+        RAISE EXCEPTION 'remaining must not be negative' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_rate_limit_max <= 0 THEN
         RAISE EXCEPTION 'rate_limit_max must be positive' USING ERRCODE = 'invalid_parameter_value';
@@ -283,7 +283,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     k.name := CASE WHEN 'name' = ANY(p_clear) THEN NULL ELSE coalesce(p_name, k.name) END;
-    IF k.name IS NULL AND cfg.name_required THEN
+    IF 'name' = ANY(p_clear) AND cfg.name_required THEN
         RAISE EXCEPTION 'name is required by configuration "%"', cfg.id USING ERRCODE = 'null_value_not_allowed';
     END IF;
     k.enabled := coalesce(p_enabled, k.enabled);
@@ -303,8 +303,12 @@ BEGIN
     k.rate_limit_enabled := coalesce(p_rate_limit_enabled,
                                      CASE WHEN p_rate_limit_max IS NOT NULL OR p_rate_limit_window IS NOT NULL THEN true END,
                                      k.rate_limit_enabled);
-    PERFORM api_key.check_key_settings(cfg, k.name, k.permissions, k.metadata, k.remaining, k.refill_amount,
-                                       k.refill_interval, k.rate_limit_max, k.rate_limit_window);
+    -- Only what this call changes is checked against the configuration: tightening a
+    -- configuration must not lock existing keys (they keep the settings they were made with).
+    PERFORM api_key.check_key_settings(cfg, p_name, p_permissions, p_metadata, p_remaining,
+                                       CASE WHEN p_refill_amount IS NOT NULL OR p_refill_interval IS NOT NULL THEN k.refill_amount END,
+                                       CASE WHEN p_refill_amount IS NOT NULL OR p_refill_interval IS NOT NULL THEN k.refill_interval END,
+                                       p_rate_limit_max, p_rate_limit_window);
     IF k.rate_limit_enabled AND (k.rate_limit_max IS NULL OR k.rate_limit_window IS NULL) THEN
         RAISE EXCEPTION 'a rate limit needs both rate_limit_max and rate_limit_window' USING ERRCODE = 'invalid_parameter_value';
     END IF;

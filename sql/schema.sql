@@ -202,3 +202,17 @@ CREATE TABLE api_key.audit_log (
 );
 COMMENT ON TABLE api_key.audit_log IS 'Management actions (create, update, revoke, rotate, …): who (actor, or the service role), what, on which key and reference';
 CREATE INDEX audit_log_by_reference ON api_key.audit_log (reference_type, reference_id, at);
+
+-- pg_dump keeps the extension's data (only its definitions come from CREATE EXTENSION). The
+-- rows created at install ('default' configuration, default role permissions) are left out:
+-- the restore's CREATE EXTENSION makes them again. Rate-limit windows are transient.
+SELECT pg_catalog.pg_extension_config_dump('api_key.configs', 'WHERE id <> ''default''');
+SELECT pg_catalog.pg_extension_config_dump('api_key.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.key_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.organizations', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.members', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.role_permissions', 'WHERE organization_id IS NOT NULL');
+SELECT pg_catalog.pg_extension_config_dump('api_key.membership_source', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.reference_types', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.audit_log_id_seq', '');

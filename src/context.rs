@@ -13,6 +13,8 @@ use std::cell::RefCell;
 
 pub struct Binding {
     pub lxid: u32,
+    /// The subtransaction that bound it: rolling that back unbinds.
+    pub subxact: pg_sys::SubTransactionId,
     pub key_id: Uuid,
     pub reference_type: String,
     pub reference_id: String,
@@ -21,10 +23,38 @@ pub struct Binding {
 
 thread_local! {
     static BOUND: RefCell<Option<Binding>> = const { RefCell::new(None) };
+    static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 pub fn bind(binding: Binding) {
+    if !CALLBACK_REGISTERED.with(|c| c.replace(true)) {
+        // SAFETY: registers a callback for this backend's subtransaction events.
+        unsafe { pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut()) };
+    }
     BOUND.with(|b| *b.borrow_mut() = Some(binding));
+}
+
+/// `ROLLBACK TO SAVEPOINT` undoes an authentication made after the savepoint (its credit
+/// was rolled back too); `RELEASE` hands the binding to the enclosing transaction level.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    sub: pg_sys::SubTransactionId,
+    parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    BOUND.with(|b| {
+        let mut b = b.borrow_mut();
+        let Some(binding) = b.as_mut() else { return };
+        if binding.lxid != local_xid() || binding.subxact < sub {
+            return;
+        }
+        if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+            *b = None;
+        } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB && binding.subxact == sub {
+            binding.subxact = parent;
+        }
+    });
 }
 
 fn with_current<R>(f: impl FnOnce(&Binding) -> R) -> Option<R> {

@@ -119,7 +119,7 @@ impl<'a> ParsedKey<'a> {
 /// matters. Returns `None` for anything that cannot be a key of ours.
 pub fn parse(key: &str) -> Option<ParsedKey<'_>> {
     let bytes = key.as_bytes();
-    if bytes.len() <= CHECKSUM_LEN + MIN_BODY_LEN || bytes.len() > MAX_KEY_LEN {
+    if bytes.len() < CHECKSUM_LEN + MIN_BODY_LEN || bytes.len() > MAX_KEY_LEN {
         return None;
     }
     if !bytes.iter().all(|&c| is_base62(c) || c == b'_' || c == b'-') {
@@ -170,6 +170,13 @@ mod tests {
         for s in ["", "sk_", "not a key", "sk_live_' OR 1=1 --", &long, "ü".repeat(40).as_str()] {
             assert!(parse(s).is_none(), "{s:.40}");
         }
+    }
+
+    #[test]
+    fn the_shortest_key_parses() {
+        let k = generate("", MIN_BODY_LEN).key;
+        assert_eq!(k.len(), MIN_BODY_LEN + CHECKSUM_LEN);
+        assert!(parse(&k).is_some());
     }
 
     #[test]

@@ -109,11 +109,20 @@ unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sy
     unsafe {
         pg_sys::StartTransactionCommand();
         let namespace = pg_sys::get_namespace_oid(c"api_key".as_ptr(), true);
-        let table_exists = namespace != pg_sys::InvalidOid
-            && pg_sys::get_relname_relid(c"keys".as_ptr(), namespace) != pg_sys::InvalidOid;
-        if table_exists {
+        let keys = if namespace == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"keys".as_ptr(), namespace)
+        };
+        if keys != pg_sys::InvalidOid {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            crate::verify::with_pinned_search_path(|client| flush(client, batch));
+            // The session's role may not write api_key.keys (verification does it as the
+            // extension owner, through SECURITY DEFINER); here, act as the table's owner.
+            if let Some(owner) = crate::run_as_owner::owner_of(pg_sys::RelationRelationId, keys) {
+                crate::run_as_owner::as_role(owner, || {
+                    crate::verify::with_pinned_search_path(|client| flush(client, batch))
+                });
+            }
             pg_sys::PopActiveSnapshot();
         }
         pg_sys::CommitTransactionCommand();

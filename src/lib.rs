@@ -24,6 +24,7 @@ pub mod permissions;
 pub mod primitives;
 pub mod rate_limit;
 pub mod rate_limit_shmem;
+pub mod run_as_owner;
 pub mod verify;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -39,6 +40,8 @@ extension_sql_file!(
         caller::api_key::caller_role,
         primitives::api_key::new_secret,
         primitives::api_key::permissions_problem,
+        run_as_owner::api_key::call_authorizer,
+        run_as_owner::api_key::member_role_from,
     ]
 );
 extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"]);

@@ -216,6 +216,10 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
             return Outcome::refused(Code::InsufficientPermissions, found);
         }
     }
+    let writes = found.remaining.is_some() || (found.rate_limit.is_some() && !rate_limit_shmem::available());
+    if writes {
+        require_read_write();
+    }
     let key_id = Uuid::from_bytes(found.id);
     let mut out = Outcome::refused(Code::Valid, found);
     let key = out.key.as_ref().expect("set just above");
@@ -251,6 +255,18 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
     }
     last_used::record(key_id, key.last_used_at);
     out
+}
+
+/// Credits (and rate-limit windows kept in the table) are written by the verification itself.
+fn require_read_write() {
+    // SAFETY: reads backend-global flags.
+    if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {
+        raise_with_hint(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "verifying a key with credits or a rate limit needs a read-write transaction",
+            "Verify on the primary, outside READ ONLY transactions; keys without usage limits verify anywhere.",
+        );
+    }
 }
 
 /// Spend `cost` credits: `Ok(left)` when admitted, `Err(left)` when there were too few.
@@ -296,7 +312,10 @@ fn admit(key_id: Uuid, max: i32, window: i64) -> Admission {
             let peek = client.update(&st.rate_peek, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e)).first();
             let unix_now = now + POSTGRES_EPOCH_IN_UNIX_MICROS;
             let start = peek.get::<i64>(2).ok().flatten().unwrap_or(unix_now);
-            return Admission::Refused { retry_after_ms: rate_limit::retry_after_ms(start, window, unix_now) };
+            // Another backend may have opened the window with a clock reading a little later
+            // than ours: never announce more than one window.
+            let retry = rate_limit::retry_after_ms(start, window, unix_now).min(rate_limit::retry_after_ms(0, window, 0));
+            return Admission::Refused { retry_after_ms: retry };
         }
         Admission::Admitted { admitted: admit.first().get::<i32>(1).ok().flatten().unwrap_or(max) }
     })
@@ -318,7 +337,10 @@ fn undo_admission(key_id: Uuid) {
 
 fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     let mut oid = RESULT_TYPE.with(|c| c.get());
-    if oid == pg_sys::InvalidOid {
+    // The type is re-created with the extension: a cached OID that no longer names a row type
+    // is looked up again (a syscache probe).
+    // SAFETY: plain syscache lookup; InvalidOid for a type that is gone.
+    if oid == pg_sys::InvalidOid || unsafe { pg_sys::get_typ_typrelid(oid) } == pg_sys::InvalidOid {
         oid = PgTupleDesc::for_composite_type("api_key.verification")
             .map(|d| d.oid())
             .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type api_key.verification is missing"));
@@ -382,6 +404,8 @@ fn api_key_authenticate(
     };
     context::bind(context::Binding {
         lxid: crate::caller::local_xid(),
+        // SAFETY: reads backend state.
+        subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
         key_id: Uuid::from_bytes(found.id),
         reference_type: found.reference_type.clone(),
         reference_id: found.reference_id.clone(),

@@ -201,8 +201,6 @@ def test_documents_example(documents, keys, app):
     assert bodies() == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): the binding survives ROLLBACK TO SAVEPOINT, although the "
-                   "verification that made it (and the credit it spent) was rolled back")
 def test_binding_does_not_survive_rollback_to_savepoint(keys, app, service, su):
     k = create(service, reference_id=uid("u"), remaining=1)
     conn = app.conn

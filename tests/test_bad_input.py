@@ -248,11 +248,7 @@ def ctx(app, service, su):
             "cfg": cfg, "actor": ACTOR}
 
 
-KNOWN_BUGS = {
-    "create-refill_amount-negative":
-        "BUG (minor): remaining defaults to refill_amount before validation, so the message blames "
-        "'remaining must not be negative', an argument the caller never passed",
-}
+KNOWN_BUGS: dict[str, str] = {}
 PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c.id])]
                        if c.id in KNOWN_BUGS else []) for c in CASES]
 

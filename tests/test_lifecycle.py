@@ -356,9 +356,6 @@ def test_update_respects_config_max_expiry(app, service):
     app.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval '1 day')", [made["id"]], actor=user)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api_key_update re-validates the whole key against the configuration's "
-                   "current rules, so after a config_update (name_required, metadata_enabled => false, a shorter "
-                   "name_max_length) existing keys can no longer even be disabled")
 @pytest.mark.parametrize("tighten", ['{"name_required": true}', '{"metadata_enabled": false}',
                                      '{"name_min_length": 1, "name_max_length": 3}'])
 def test_existing_key_can_be_disabled_after_the_config_tightens(tighten, app, service):
@@ -466,9 +463,6 @@ def test_last_used_at_is_written_in_batches(app, new_client, su):
     assert got["a"] is not None and got["b"] is not None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the exit-time flush (before_shmem_exit) runs SPI without an active "
-                   "snapshot: 'FATAL: cannot execute SQL without an outer snapshot or portal' in the server log at "
-                   "every backend exit with pending uses, and those last_used_at times are lost")
 def test_last_used_at_is_written_when_the_backend_exits(app, new_client, su):
     """last_used_at is written in batches, and what a backend holds is written when it exits
     normally: verify on a fresh connection, close it, and the time shows up shortly after."""
@@ -539,8 +533,6 @@ def test_no_plaintext_anywhere(app, service, su):
             assert k["key"][len(k["prefix"]):-6] not in text, "a key appears in the server log"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: key_format::parse rejects keys of exactly 28 characters "
-                   "(empty prefix + body_length 22 + checksum): `len <= CHECKSUM_LEN + MIN_BODY_LEN`")
 def test_empty_prefix_with_shortest_body_verifies(app, service):
     cfg = uid("short")
     service.rows("SELECT * FROM api_key_config_create(id => %s, body_length => 22)", [cfg])

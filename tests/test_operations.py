@@ -33,9 +33,6 @@ def scratch_db(database):
 
 
 @pytest.mark.skipif(not os.path.exists(f"{BIN}/pg_dump"), reason="pg_dump not installed")
-@pytest.mark.xfail(strict=True, reason="BUG: the extension's tables are not marked with pg_extension_config_dump(), "
-                   "so pg_dump skips their rows: a dump/restore loses every key, secret, configuration, member, "
-                   "role permission and audit entry")
 def test_dump_and_restore_keeps_keys(scratch_db, tmp_path):
     src, dst = scratch_db(), scratch_db()
     with connect("postgres", src) as c:
@@ -61,8 +58,6 @@ def test_dump_and_restore_keeps_keys(scratch_db, tmp_path):
         assert (r["code"], r["remaining"]) == ("VALID", 6)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: verify caches the OID of type api_key.verification per backend; after "
-                   "DROP/CREATE EXTENSION, connected sessions get 'type with OID … does not exist' for every key")
 def test_verify_after_the_extension_is_recreated(scratch_db):
     db = scratch_db()
     with connect("postgres", db) as su:
