@@ -13,9 +13,10 @@ pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 pub static LAST_USED_PRECISION: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 /// `api_key.rate_limit_slots`: keys with an open rate-limit window that shared memory holds
-/// (32 bytes each) when the library is preloaded. Beyond that, counting falls back to the
+/// (32 bytes each, 8 MiB by default) when the library is preloaded. Keep it at least twice the
+/// number of keys rate limited within one window: open addressing stays fast when half full. Beyond that, counting falls back to the
 /// table for the keys that find no slot.
-pub static RATE_LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(131_072);
+pub static RATE_LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 
 pub fn init() {
     GucRegistry::define_string_guc(

@@ -16,7 +16,7 @@ use pgrx::pg_sys;
 use std::ffi::CStr;
 
 const PARTITIONS: usize = 16;
-const MAX_PROBE: usize = 32;
+const MAX_PROBE: usize = 64;
 const SEGMENT: &CStr = c"api_key rate limits";
 const TRANCHE: &CStr = c"api_key_rate_limits";
 
