@@ -69,7 +69,7 @@ pub fn record(key_id: Uuid, stored: Option<i64>) {
         Some(std::mem::take(&mut p.times))
     });
     if let Some(batch) = batch {
-        crate::verify::with_pinned_search_path(|client| flush(client, batch));
+        crate::usage::with_pinned_search_path(|client| flush(client, batch));
     }
 }
 
@@ -120,7 +120,7 @@ unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sy
             // extension owner, through SECURITY DEFINER); here, act as the table's owner.
             if let Some(owner) = crate::run_as_owner::owner_of(pg_sys::RelationRelationId, keys) {
                 crate::run_as_owner::as_role(owner, || {
-                    crate::verify::with_pinned_search_path(|client| flush(client, batch))
+                    crate::usage::with_pinned_search_path(|client| flush(client, batch))
                 });
             }
             pg_sys::PopActiveSnapshot();

@@ -25,6 +25,7 @@ pub mod primitives;
 pub mod rate_limit;
 pub mod rate_limit_shmem;
 pub mod run_as_owner;
+pub mod usage;
 pub mod verify;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -45,8 +46,9 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"]);
+extension_sql_file!("../sql/key_changes.sql", name = "key_changes", requires = ["keys"]);
 extension_sql_file!("../sql/configs.sql", name = "configs", requires = ["access", "keys"]);
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["keys", "configs"], finalize);
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["keys", "key_changes", "configs"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -126,11 +126,11 @@ mod api_key {
             Spi::connect(|client| {
                 let rows = client
                     .select(&query, Some(1), &[organization_id.into(), user_id.into()])
-                    .unwrap_or_else(|e| crate::verify::spi_failed(e));
+                    .unwrap_or_else(|e| crate::usage::spi_failed(e));
                 if rows.is_empty() {
                     return None;
                 }
-                rows.first().get::<String>(1).unwrap_or_else(|e| crate::verify::spi_failed(e))
+                rows.first().get::<String>(1).unwrap_or_else(|e| crate::usage::spi_failed(e))
             })
         })
     }
