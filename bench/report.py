@@ -209,7 +209,7 @@ def table(directory):
     lines.append(f"### api_key benchmark — {meta['date']}")
     lines.append("")
     lines.append(f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['memory_gb']} GB RAM, Linux {meta['kernel']}; "
-                 f"{meta['postgres']}; api_key.so: {meta.get('build', '?')} build of {meta['extension_so']}.  ")
+                 f"{meta['postgres']}; api_key.so: {meta.get('build', '?')} build of {meta['extension_so']} (checkout at run time: {meta.get('extension_commit', '?')}).  ")
     if meta.get("build") == "debug":
         lines.append("**WARNING: the installed api_key.so was a DEBUG build; these numbers are not representative.**  ")
     if os.path.exists(os.path.join(directory, "warnings.json")):

@@ -16,7 +16,7 @@
 #   BENCH_SKIP_BETTER_AUTH=1  skip the better-auth peer (its targets then read "n/a")
 #   BENCH_SKIP_PRELOAD=1    skip the second pass on the server restarted with
 #                           shared_preload_libraries = 'api_key' (shared-memory rate-limit windows)
-#   BENCH_QUIET_WAIT=300    seconds to wait, before each scenario, for other work on the machine
+#   BENCH_QUIET_WAIT=60     seconds to wait, before each scenario, for other work on the machine
 #                           to stop (builds, tests); then it measures anyway and says so
 #   BENCH_RETRIES=2, BENCH_MAX_FOREIGN=0.10  repeat a scenario whose window saw foreign runnable
 #                           processes in more than 10 % of the samples, up to twice
@@ -37,7 +37,7 @@ N_BA=${BENCH_BA_KEYS:-10000}
 CLIENTS=8
 THREADS=2
 BATCH=10000
-QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 RETRIES=${BENCH_RETRIES:-2}
 MAX_FOREIGN=${BENCH_MAX_FOREIGN:-0.10}
 export PG_EXTRA_OPTS=${PG_EXTRA_OPTS:-"-c shared_buffers=1GB -c max_connections=200 -c synchronous_commit=on -c max_wal_size=8GB -c checkpoint_timeout=30min"}
@@ -102,7 +102,7 @@ json.dump({
     "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
     "kernel": platform.release(),
     "postgres": sh("/usr/lib/postgresql/15/bin/postgres --version"),
-    "extension_commit": sh("git -C .. rev-parse --short HEAD 2>/dev/null || git rev-parse --short HEAD"),
+    "extension_commit": sh("git rev-parse --short HEAD") + ("+changes" if sh("git status --porcelain -- src sql") else ""),
     "extension_so": sh("ls -l --time-style=+%Y-%m-%dT%H:%M /usr/lib/postgresql/15/lib/api_key.so | awk '{print $6}'"),
     "pg_options": os.environ.get("PG_EXTRA_OPTS", ""),
     "build": os.environ.get("BUILD", "?"),

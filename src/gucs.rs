@@ -10,7 +10,7 @@ pub static ACTOR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 
 /// `api_key.last_used_precision`: `last_used_at` is written at most once per key per this many
 /// seconds, batched per backend (see `last_used.rs`).
-pub static LAST_USED_PRECISION: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static LAST_USED_PRECISION: GucSetting<i32> = GucSetting::<i32>::new(300);
 
 /// `api_key.rate_limit_slots`: keys with an open rate-limit window that shared memory holds
 /// (32 bytes each, 8 MiB by default) when the library is preloaded. Keep it at least twice the
