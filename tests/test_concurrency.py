@@ -126,3 +126,26 @@ def test_verification_does_not_wait_for_management(service, app, new_client):
         started = time.time()
         assert c.val("SELECT code FROM api_key_verify(%s)", [k["key"]]) == "VALID"
         assert time.time() - started < 2
+
+
+def test_an_open_transaction_does_not_hold_other_keys(service):
+    """last_used_at is written when a transaction commits, not inside the verification: a
+    verification at the start of a long transaction must not lock the rows of keys it used
+    earlier, or every other verification of those keys (with credits) would wait for it."""
+    y = create(service, reference_id=uid("u"), remaining=1000)
+    x = create(service, reference_id=uid("u"))
+    # a is a superuser only so that it may lower api_key.last_used_precision (a SUSET setting).
+    with connect("postgres") as a, connect(APP) as b:
+        assert a.execute("SELECT code FROM api_key_verify(%s)", [x["key"]]).fetchone()["code"] == "VALID"
+        a.execute("SET api_key.last_used_precision = 1")
+        assert a.execute("SELECT code FROM api_key_verify(%s)", [y["key"]]).fetchone()["code"] == "VALID"
+        time.sleep(0.6)                       # a write of a's pending uses is now due
+        a.execute("BEGIN")
+        assert a.execute("SELECT code FROM api_key_verify(%s)", [x["key"]]).fetchone()["code"] == "VALID"
+        b.execute("SET lock_timeout = '2s'")
+        started = time.time()
+        assert b.execute("SELECT code FROM api_key_verify(%s)", [y["key"]]).fetchone()["code"] == "VALID"
+        assert time.time() - started < 1.0
+        a.execute("COMMIT")                   # writes a's due uses, in a's own transaction
+        got = service.rows("SELECT id, last_used_at FROM api_key.keys WHERE id IN (%s, %s)", [x["id"], y["id"]])
+        assert all(r["last_used_at"] is not None for r in got), got
