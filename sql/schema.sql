@@ -91,12 +91,15 @@ CREATE INDEX keys_by_expiry ON api_key.keys (expires_at) WHERE expires_at IS NOT
 -- Hashes live apart from api_key.keys so that application roles can SELECT * from keys
 -- under RLS while this table stays unreadable to them.
 CREATE TABLE api_key.key_secrets (
-    lookup      bytea PRIMARY KEY,
+    lookup      bytea NOT NULL,
     key_id      uuid NOT NULL REFERENCES api_key.keys (id) ON DELETE CASCADE,
     algorithm   text NOT NULL CHECK (algorithm IN ('sha256', 'argon2id')),
     argon2_hash text CHECK ((algorithm = 'argon2id') = (argon2_hash IS NOT NULL)),
     expires_at  timestamptz,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The index carries what verification needs of a secret, so that it is read index-only
+    -- (see src/lookup.rs): one heap page fewer on every verification.
+    CONSTRAINT key_secrets_pkey PRIMARY KEY (lookup) INCLUDE (key_id, algorithm, expires_at)
 );
 COMMENT ON TABLE api_key.key_secrets IS 'Hashes of keys. lookup = SHA-256 of the key (sha256) or of its lookup id (argon2id). expires_at ends a rotated-away secret''s grace period. Readable by no application role.';
 CREATE INDEX key_secrets_by_key ON api_key.key_secrets (key_id);

@@ -1,5 +1,7 @@
 //! Reading a key for verification straight from the two primary-key indexes
 //! (`key_secrets.lookup`, then `keys.id`), without SQL: no parse, no plan, no executor start-up.
+//! The secret is read index-only when its heap page is all-visible (the index includes what
+//! verification needs of it), as PostgreSQL's index-only scans do.
 //! This is the part of every verification, valid or not, that touches tables, so it is the
 //! part that decides how close `api_key_verify` comes to a bare indexed SELECT.
 //!
@@ -34,10 +36,7 @@ pub struct StoredKey {
 #[derive(Clone, Copy)]
 struct SecretColumns {
     relid: Oid,
-    key_id: i32,
-    algorithm: i32,
     argon2_hash: i32,
-    expires_at: i32,
 }
 
 #[derive(Clone, Copy)]
@@ -83,13 +82,7 @@ fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
     // SAFETY: syscache lookups on relations that exist (their OIDs were just resolved).
     let c = unsafe {
         (
-            SecretColumns {
-                relid: secrets,
-                key_id: attnum(secrets, c"key_id"),
-                algorithm: attnum(secrets, c"algorithm"),
-                argon2_hash: attnum(secrets, c"argon2_hash"),
-                expires_at: attnum(secrets, c"expires_at"),
-            },
+            SecretColumns { relid: secrets, argon2_hash: attnum(secrets, c"argon2_hash") },
             KeyColumns {
                 relid: keys,
                 config_id: attnum(keys, c"config_id"),
@@ -192,6 +185,82 @@ impl UniqueProbe {
     }
 }
 
+/// What the `key_secrets` primary-key index holds of a secret (its INCLUDE columns).
+struct Secret {
+    key_id: [u8; 16],
+    argon2: bool,
+    expires_at: Option<i64>,
+    argon2_hash: Option<String>,
+}
+
+/// Index-only probe of `key_secrets` by `lookup`: the heap is read only when the visibility
+/// map does not vouch for the page, or for the Argon2 hash (not in the index).
+///
+/// # Safety
+/// `heap_oid`/`index_oid` must be `api_key.key_secrets` and its primary key
+/// `(lookup) INCLUDE (key_id, algorithm, expires_at)`; `lookup` a bytea datum.
+unsafe fn probe_secret(heap_oid: Oid, index_oid: Oid, lookup: Datum, argon2_hash_att: i32) -> Option<Secret> {
+    unsafe {
+        let heap = pg_sys::table_open(heap_oid, pg_sys::AccessShareLock as i32);
+        let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_BYTEAEQ), lookup);
+        let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
+        (*scan).xs_want_itup = true;
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let mut vm_buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        let mut found = None;
+        loop {
+            let tid = pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tid.is_null() {
+                break;
+            }
+            let block = ((*tid).ip_blkid.bi_hi as u32) << 16 | (*tid).ip_blkid.bi_lo as u32;
+            let all_visible = pg_sys::visibilitymap_get_status(heap, block, &mut vm_buffer)
+                & pg_sys::VISIBILITYMAP_ALL_VISIBLE as u8
+                != 0;
+            let mut fetched = false;
+            if !all_visible {
+                if !pg_sys::index_fetch_heap(scan, slot) {
+                    continue; // this index entry points at a version we may not see
+                }
+                fetched = true;
+            }
+            let mut values = [Datum::from(0); 4];
+            let mut nulls = [true; 4];
+            pg_sys::index_deform_tuple((*scan).xs_itup, (*scan).xs_itupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            if nulls[1] {
+                break;
+            }
+            let key_id: [u8; 16] = *values[1].cast_mut_ptr::<[u8; 16]>();
+            let argon2 = !nulls[2] && String::from_datum(values[2], false).as_deref() == Some("argon2id");
+            let expires_at = (!nulls[3]).then(|| values[3].value() as i64);
+            let mut argon2_hash = None;
+            if argon2 && (fetched || pg_sys::index_fetch_heap(scan, slot)) {
+                let mut isnull = false;
+                let d = pg_sys::slot_getattr(slot, argon2_hash_att, &mut isnull);
+                argon2_hash = if isnull { None } else { String::from_datum(d, false) };
+            }
+            found = Some(Secret { key_id, argon2, expires_at, argon2_hash });
+            break;
+        }
+        if vm_buffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            pg_sys::ReleaseBuffer(vm_buffer);
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_close(index, pg_sys::NoLock as i32);
+        pg_sys::table_close(heap, pg_sys::NoLock as i32);
+        found
+    }
+}
+
 impl Drop for UniqueProbe {
     fn drop(&mut self) {
         // SAFETY: releases what `run` acquired; the lock is kept until the transaction ends,
@@ -218,17 +287,10 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
         let (sc, kc) = columns(secrets, keys);
 
         let lookup_datum = pgrx::IntoDatum::into_datum(lookup.to_vec()).expect("bytea datum");
-        let secret = UniqueProbe::run(secrets, relation(namespace, c"key_secrets_pkey"), pg_sys::F_BYTEAEQ, lookup_datum);
-        if !secret.found {
-            return None;
-        }
-        let key_id = secret.get(sc.key_id)?;
-        let id: [u8; 16] = *key_id.cast_mut_ptr::<[u8; 16]>();
-        let argon2 = secret.text(sc.algorithm).as_deref() == Some("argon2id");
-        let argon2_hash = if argon2 { secret.text(sc.argon2_hash) } else { None };
-        let secret_expires = secret.int8(sc.expires_at);
+        let secret = probe_secret(secrets, relation(namespace, c"key_secrets_pkey"), lookup_datum, sc.argon2_hash)?;
+        let (id, argon2, argon2_hash, secret_expires) =
+            (secret.key_id, secret.argon2, secret.argon2_hash, secret.expires_at);
         let id_datum = pgrx::IntoDatum::into_datum(pgrx::Uuid::from_bytes(id)).expect("uuid datum");
-        drop(secret);
 
         let key = UniqueProbe::run(keys, relation(namespace, c"keys_pkey"), pg_sys::F_UUID_EQ, id_datum);
         if !key.found {
