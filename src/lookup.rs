@@ -117,6 +117,37 @@ fn relation(namespace: Oid, name: &CStr) -> Oid {
     oid
 }
 
+/// Opens `heap` and `index` and starts a scan for `index column 1 = value` under the
+/// statement's snapshot; `want_index_tuple` asks for index-only reads.
+///
+/// # Safety
+/// `index` must be an index of `heap` whose first column compares with `eq_proc`, and
+/// `value` a datum of that column's type.
+unsafe fn begin_equality_scan(
+    heap_oid: Oid,
+    index_oid: Oid,
+    eq_proc: u32,
+    value: Datum,
+    want_index_tuple: bool,
+) -> (pg_sys::Relation, pg_sys::Relation, pg_sys::IndexScanDesc) {
+    unsafe {
+        let heap = pg_sys::table_open(heap_oid, pg_sys::AccessShareLock as i32);
+        let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            pg_sys::GetActiveSnapshot()
+        } else {
+            pg_sys::GetTransactionSnapshot()
+        };
+        // index_rescan copies the key into the scan, so a local is enough.
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(eq_proc), value);
+        let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
+        (*scan).xs_want_itup = want_index_tuple;
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        (heap, index, scan)
+    }
+}
+
 /// One open index scan over a unique index, yielding at most one visible row.
 struct UniqueProbe {
     heap: pg_sys::Relation,
@@ -131,17 +162,7 @@ impl UniqueProbe {
     /// with `eq_proc`; `value` must be a datum of that column's type.
     unsafe fn run(heap_oid: Oid, index_oid: Oid, eq_proc: u32, value: Datum) -> Self {
         unsafe {
-            let heap = pg_sys::table_open(heap_oid, pg_sys::AccessShareLock as i32);
-            let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
-            let snapshot = if pg_sys::ActiveSnapshotSet() {
-                pg_sys::GetActiveSnapshot()
-            } else {
-                pg_sys::GetTransactionSnapshot()
-            };
-            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-            pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(eq_proc), value);
-            let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
-            pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+            let (heap, index, scan) = begin_equality_scan(heap_oid, index_oid, eq_proc, value, false);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
             let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
             pg_sys::index_endscan(scan);
@@ -201,18 +222,7 @@ struct Secret {
 /// `(lookup) INCLUDE (key_id, algorithm, expires_at)`; `lookup` a bytea datum.
 unsafe fn probe_secret(heap_oid: Oid, index_oid: Oid, lookup: Datum, argon2_hash_att: i32) -> Option<Secret> {
     unsafe {
-        let heap = pg_sys::table_open(heap_oid, pg_sys::AccessShareLock as i32);
-        let index = pg_sys::index_open(index_oid, pg_sys::AccessShareLock as i32);
-        let snapshot = if pg_sys::ActiveSnapshotSet() {
-            pg_sys::GetActiveSnapshot()
-        } else {
-            pg_sys::GetTransactionSnapshot()
-        };
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_BYTEAEQ), lookup);
-        let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
-        (*scan).xs_want_itup = true;
-        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        let (heap, index, scan) = begin_equality_scan(heap_oid, index_oid, pg_sys::F_BYTEAEQ, lookup, true);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         let mut vm_buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
         let mut found = None;
