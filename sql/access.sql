@@ -82,18 +82,8 @@ END
 $$;
 COMMENT ON FUNCTION api_key.actor_may(text, text, text, text) IS 'Whether an actor may create/read/update/delete the keys of a reference (no error)';
 
--- For row-level security: may the current role and actor see keys of this reference?
--- No actor: only the service (api_key_admin) sees everything.
-CREATE FUNCTION api_key.may_read(p_reference_type text, p_reference_id text) RETURNS boolean
-LANGUAGE sql STABLE
-AS $$
-    SELECT CASE
-        WHEN api_key.actor() IS NULL THEN pg_catalog.pg_has_role('api_key_admin', 'USAGE')
-        WHEN p_reference_type = 'user' THEN p_reference_id = api_key.actor()
-        ELSE api_key.actor_may(api_key.actor(), p_reference_type, p_reference_id, 'read')
-    END
-$$;
-COMMENT ON FUNCTION api_key.may_read(text, text) IS 'Row-level-security test for reading keys of a reference';
+-- api_key.may_read(reference_type, reference_id), the read test of the policies, is written in
+-- Rust (src/visibility.rs): it remembers its answer per reference for the rest of a statement.
 
 CREATE FUNCTION api_key.check_reference_type(p_reference_type text) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp

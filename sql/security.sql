@@ -120,4 +120,5 @@ COMMENT ON FUNCTION api_key.caller_token() IS 'Internal: a token naming the call
 COMMENT ON FUNCTION api_key.caller_is_service(bigint) IS 'Internal: whether the role behind a caller token may act as the service';
 COMMENT ON FUNCTION api_key.caller_role(bigint) IS 'Internal: the role behind a caller token, for the audit log';
 COMMENT ON FUNCTION api_key.new_secret(text, integer, text) IS 'Internal: a new key, its display start, index lookup value and Argon2 hash';
+COMMENT ON FUNCTION api_key.may_read(text, text) IS 'Row-level-security test for reading keys of a reference (remembered per statement)';
 COMMENT ON FUNCTION api_key.permissions_problem(jsonb) IS 'Why a value is not a permissions object ({"resource": ["action", …]}), or NULL';

@@ -27,6 +27,7 @@ pub mod rate_limit_shmem;
 pub mod run_as_owner;
 pub mod usage;
 pub mod verify;
+pub mod visibility;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import create, expect_error, uid
+from helpers import APP, connect, create, expect_error, uid
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,20 @@ def test_audit_log_visibility(world, app, service, su):
     created = app.one("SELECT actor, action FROM api_key.audit_log WHERE key_id = %s AND action = 'create'",
                       [world["keys"]["org1_2"]["id"]], actor=a)
     assert created == {"actor": None, "action": "create"}
+
+
+def test_read_answers_are_remembered_per_statement_only(service, su):
+    """may_read remembers its answer per reference for one statement; the next statement of the
+    same transaction sees a membership change."""
+    o, m = uid("org"), uid("m")
+    service.rows("INSERT INTO api_key.organizations (id) VALUES (%s)", [o])
+    service.rows("INSERT INTO api_key.members (organization_id, user_id, role) VALUES (%s, %s, 'member')", [o, m])
+    for _ in range(3):
+        create(service, reference_id=o, reference_type="organization")
+    with connect(APP, autocommit=False) as conn:
+        conn.execute("SELECT set_config('api_key.actor', %s, true)", [m])
+        seen = "SELECT count(*) AS n FROM api_key.keys WHERE reference_id = %s"
+        assert conn.execute(seen, [o]).fetchone()["n"] == 3
+        su.rows("DELETE FROM api_key.members WHERE organization_id = %s AND user_id = %s", [o, m])
+        assert conn.execute(seen, [o]).fetchone()["n"] == 0
+        conn.rollback()
