@@ -55,7 +55,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn refused(code: Code, key: StoredKey) -> Self {
+    fn with_key(code: Code, key: StoredKey) -> Self {
         let remaining = key.remaining;
         Outcome { code, key: Some(key), remaining, rate_limit_remaining: None, retry_after_ms: None }
     }
@@ -111,16 +111,16 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
         return Outcome::not_found();
     }
     if !found.enabled {
-        return Outcome::refused(Code::Disabled, found);
+        return Outcome::with_key(Code::Disabled, found);
     }
     // SAFETY: reads the transaction start time, i.e. now().
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     if found.expires_at.is_some_and(|at| now >= at) {
-        return Outcome::refused(Code::Expired, found);
+        return Outcome::with_key(Code::Expired, found);
     }
     if let Some(req) = &requested {
         if !permissions::grants(held_permissions(&found).as_ref(), &req.0) {
-            return Outcome::refused(Code::InsufficientPermissions, found);
+            return Outcome::with_key(Code::InsufficientPermissions, found);
         }
     }
     let writes = found.remaining.is_some() || (found.rate_limit.is_some() && !rate_limit_shmem::available());
@@ -128,15 +128,15 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
         usage::require_read_write();
     }
     let key_id = Uuid::from_bytes(found.id);
-    let mut out = Outcome::refused(Code::Valid, found);
+    let mut out = Outcome::with_key(Code::Valid, found);
     let key = out.key.as_ref().expect("set just above");
 
-    let mut counted = None;
+    let mut counted = false;
     if let Some((max, window)) = key.rate_limit {
         match usage::admit(key_id, max, window) {
             Admission::Admitted { admitted } => {
                 out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
-                counted = Some(max);
+                counted = true;
             }
             Admission::Refused { retry_after_ms } => {
                 out.code = Code::RateLimited;
@@ -150,7 +150,7 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
         match usage::spend(key_id, cost) {
             Ok(left) => out.remaining = left,
             Err(left) => {
-                if counted.is_some() {
+                if counted {
                     usage::undo_admission(key_id);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
