@@ -27,6 +27,17 @@ pub fn local_xid() -> u32 {
     unsafe { (*pg_sys::MyProc).lxid }
 }
 
+/// The role a token of this transaction was issued to.
+fn role_of(token: i64) -> Option<pg_sys::Oid> {
+    let lxid = local_xid();
+    TOKENS.with(|t| {
+        t.borrow()
+            .iter()
+            .find(|tok| tok.lxid == lxid && tok.value == token)
+            .map(|tok| tok.role)
+    })
+}
+
 /// Superuser, or a member (with inherited privileges) of `api_key_admin`.
 pub fn is_service_role(role: pg_sys::Oid) -> bool {
     // SAFETY: plain catalog lookups on a valid role oid; missing_ok avoids an error when the
@@ -66,26 +77,21 @@ mod api_key {
     /// Whether the role behind `token` may act as the service. Unknown tokens are not.
     #[pg_extern(volatile, parallel_unsafe)]
     pub fn caller_is_service(token: Option<i64>) -> bool {
-        let Some(token) = token else { return false };
-        let lxid = local_xid();
-        let role = TOKENS.with(|t| {
-            t.borrow().iter().find(|tok| tok.lxid == lxid && tok.value == token).map(|tok| tok.role)
-        });
-        role.is_some_and(is_service_role)
+        token.and_then(role_of).is_some_and(is_service_role)
     }
 
     /// The name of the role behind `token`, for the audit log.
     #[pg_extern(volatile, parallel_unsafe)]
     pub fn caller_role(token: Option<i64>) -> Option<String> {
-        let token = token?;
-        let lxid = local_xid();
-        let role = TOKENS.with(|t| {
-            t.borrow().iter().find(|tok| tok.lxid == lxid && tok.value == token).map(|tok| tok.role)
-        })?;
+        let role = role_of(token?)?;
         // SAFETY: GetUserNameFromId with noerr=true returns NULL for a dropped role.
         unsafe {
             let name = pg_sys::GetUserNameFromId(role, true);
-            (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned())
+            (!name.is_null()).then(|| {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            })
         }
     }
 }

@@ -51,7 +51,8 @@ unsafe extern "C-unwind" fn on_subxact(
         }
         if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
             *b = None;
-        } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB && binding.subxact == sub {
+        } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB && binding.subxact == sub
+        {
             binding.subxact = parent;
         }
     });
@@ -84,6 +85,8 @@ fn api_key_current_reference_id() -> Option<String> {
 /// False when the transaction is not authenticated.
 #[pg_extern(stable, parallel_restricted)]
 fn api_key_has_permission(resource: Option<&str>, action: Option<&str>) -> bool {
-    let (Some(resource), Some(action)) = (resource, action) else { return false };
+    let (Some(resource), Some(action)) = (resource, action) else {
+        return false;
+    };
     with_current(|b| permissions::holds(b.permissions.as_ref(), resource, action)).unwrap_or(false)
 }

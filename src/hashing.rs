@@ -39,7 +39,9 @@ pub fn argon2id_hash(key: &str) -> String {
 
 pub fn argon2id_verify(key: &str, encoded: &str) -> bool {
     match PasswordHash::new(encoded) {
-        Ok(parsed) => Argon2::default().verify_password(key.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(key.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }

@@ -41,7 +41,10 @@ pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
     if prefix.len() > MAX_PREFIX_LEN {
         return Some("is longer than 32 characters");
     }
-    if !prefix.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+    if !prefix
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    {
         return Some("may contain only ASCII letters, digits, '_' and '-'");
     }
     None
@@ -62,7 +65,10 @@ pub fn encode_base62(mut n: u64, width: usize) -> String {
 
 /// The checksum covers prefix and body, so moving a body to another prefix also fails.
 pub fn checksum(prefix_and_body: &str) -> String {
-    encode_base62(crc32fast::hash(prefix_and_body.as_bytes()) as u64, CHECKSUM_LEN)
+    encode_base62(
+        crc32fast::hash(prefix_and_body.as_bytes()) as u64,
+        CHECKSUM_LEN,
+    )
 }
 
 /// `len` uniformly random base62 characters from the OS generator (rejection sampling keeps
@@ -122,14 +128,20 @@ pub fn parse(key: &str) -> Option<ParsedKey<'_>> {
     if bytes.len() < CHECKSUM_LEN + MIN_BODY_LEN || bytes.len() > MAX_KEY_LEN {
         return None;
     }
-    if !bytes.iter().all(|&c| is_base62(c) || c == b'_' || c == b'-') {
+    if !bytes
+        .iter()
+        .all(|&c| is_base62(c) || c == b'_' || c == b'-')
+    {
         return None;
     }
     let (head, sum) = key.split_at(key.len() - CHECKSUM_LEN);
     if !sum.bytes().all(is_base62) || checksum(head) != sum {
         return None;
     }
-    let body_start = head.bytes().rposition(|c| !is_base62(c)).map_or(0, |i| i + 1);
+    let body_start = head
+        .bytes()
+        .rposition(|c| !is_base62(c))
+        .map_or(0, |i| i + 1);
     if head.len() - body_start < MIN_BODY_LEN {
         return None;
     }
@@ -167,7 +179,14 @@ mod tests {
     #[test]
     fn garbage_is_rejected() {
         let long = "a".repeat(1 << 20);
-        for s in ["", "sk_", "not a key", "sk_live_' OR 1=1 --", &long, "ü".repeat(40).as_str()] {
+        for s in [
+            "",
+            "sk_",
+            "not a key",
+            "sk_live_' OR 1=1 --",
+            &long,
+            "ü".repeat(40).as_str(),
+        ] {
             assert!(parse(s).is_none(), "{s:.40}");
         }
     }

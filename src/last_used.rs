@@ -89,12 +89,19 @@ fn due_batch(now: i64) -> Option<Vec<([u8; 16], i64)>> {
         }
         p.last_flush = now;
         let ids: Vec<[u8; 16]> = p.times.keys().take(BATCH).copied().collect();
-        Some(ids.into_iter().filter_map(|id| p.times.remove(&id).map(|at| (id, at))).collect())
+        Some(
+            ids.into_iter()
+                .filter_map(|id| p.times.remove(&id).map(|at| (id, at)))
+                .collect(),
+        )
     })
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn flush_at_commit(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn flush_at_commit(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT {
         return;
     }
@@ -104,7 +111,9 @@ unsafe extern "C-unwind" fn flush_at_commit(event: pg_sys::XactEvent::Type, _arg
         return;
     }
     // SAFETY: reads the clock.
-    let Some(batch) = due_batch(unsafe { pg_sys::GetCurrentTimestamp() }) else { return };
+    let Some(batch) = due_batch(unsafe { pg_sys::GetCurrentTimestamp() }) else {
+        return;
+    };
     // SAFETY: the transaction is still open at PRE_COMMIT.
     unsafe { flush_as_owner(batch) };
 }
@@ -149,10 +158,16 @@ fn flush(client: &mut SpiClient<'_>, batch: impl IntoIterator<Item = ([u8; 16], 
     let mut times = Vec::with_capacity(batch.len());
     for (id, at) in batch {
         ids.push(Uuid::from_bytes(id));
-        times.push(TimestampWithTimeZone::try_from(at).unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity()));
+        times.push(
+            TimestampWithTimeZone::try_from(at)
+                .unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity()),
+        );
     }
     if let Err(e) = client.update(FLUSH, None, &[ids.into(), times.into()]) {
-        crate::errors::raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api_key: writing last_used_at failed: {e}"));
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("api_key: writing last_used_at failed: {e}"),
+        );
     }
 }
 

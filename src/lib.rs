@@ -47,9 +47,22 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"]);
-extension_sql_file!("../sql/key_changes.sql", name = "key_changes", requires = ["keys"]);
-extension_sql_file!("../sql/configs.sql", name = "configs", requires = ["access", "keys"]);
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["keys", "key_changes", "configs"], finalize);
+extension_sql_file!(
+    "../sql/key_changes.sql",
+    name = "key_changes",
+    requires = ["keys"]
+);
+extension_sql_file!(
+    "../sql/configs.sql",
+    name = "configs",
+    requires = ["access", "keys"]
+);
+extension_sql_file!(
+    "../sql/security.sql",
+    name = "security",
+    requires = ["keys", "key_changes", "configs"],
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

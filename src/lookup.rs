@@ -67,7 +67,10 @@ unsafe fn attnum(relid: Oid, name: &CStr) -> i32 {
     if n <= 0 {
         crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("api_key: column {} is missing; reinstall the extension", name.to_string_lossy()),
+            format!(
+                "api_key: column {} is missing; reinstall the extension",
+                name.to_string_lossy()
+            ),
         );
     }
     n
@@ -82,7 +85,10 @@ fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
     // SAFETY: syscache lookups on relations that exist (their OIDs were just resolved).
     let c = unsafe {
         (
-            SecretColumns { relid: secrets, argon2_hash: attnum(secrets, c"argon2_hash") },
+            SecretColumns {
+                relid: secrets,
+                argon2_hash: attnum(secrets, c"argon2_hash"),
+            },
             KeyColumns {
                 relid: keys,
                 config_id: attnum(keys, c"config_id"),
@@ -111,7 +117,10 @@ fn relation(namespace: Oid, name: &CStr) -> Oid {
     if oid == pg_sys::InvalidOid {
         crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("api_key: relation api_key.{} is missing; reinstall the extension", name.to_string_lossy()),
+            format!(
+                "api_key: relation api_key.{} is missing; reinstall the extension",
+                name.to_string_lossy()
+            ),
         );
     }
     oid
@@ -140,7 +149,13 @@ unsafe fn begin_equality_scan(
         };
         // index_rescan copies the key into the scan, so a local is enough.
         let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(eq_proc), value);
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(eq_proc),
+            value,
+        );
         let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
         (*scan).xs_want_itup = want_index_tuple;
         pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
@@ -162,11 +177,18 @@ impl UniqueProbe {
     /// with `eq_proc`; `value` must be a datum of that column's type.
     unsafe fn run(heap_oid: Oid, index_oid: Oid, eq_proc: u32, value: Datum) -> Self {
         unsafe {
-            let (heap, index, scan) = begin_equality_scan(heap_oid, index_oid, eq_proc, value, false);
+            let (heap, index, scan) =
+                begin_equality_scan(heap_oid, index_oid, eq_proc, value, false);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-            let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
+            let found =
+                pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot);
             pg_sys::index_endscan(scan);
-            UniqueProbe { heap, index, slot, found }
+            UniqueProbe {
+                heap,
+                index,
+                slot,
+                found,
+            }
         }
     }
 
@@ -179,7 +201,8 @@ impl UniqueProbe {
 
     fn text(&self, attnum: i32) -> Option<String> {
         // SAFETY: the column is of type text.
-        self.get(attnum).and_then(|d| unsafe { String::from_datum(d, false) })
+        self.get(attnum)
+            .and_then(|d| unsafe { String::from_datum(d, false) })
     }
 
     fn int8(&self, attnum: i32) -> Option<i64> {
@@ -193,7 +216,8 @@ impl UniqueProbe {
     /// A detoasted copy that outlives the slot.
     fn varlena_copy(&self, attnum: i32) -> Option<Datum> {
         // SAFETY: the column is a varlena type (jsonb).
-        self.get(attnum).map(|d| unsafe { Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) })
+        self.get(attnum)
+            .map(|d| unsafe { Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) })
     }
 
     /// An interval in microseconds (months as 30 days, as `extract(epoch …)` does).
@@ -220,9 +244,15 @@ struct Secret {
 /// # Safety
 /// `heap_oid`/`index_oid` must be `api_key.key_secrets` and its primary key
 /// `(lookup) INCLUDE (key_id, algorithm, expires_at)`; `lookup` a bytea datum.
-unsafe fn probe_secret(heap_oid: Oid, index_oid: Oid, lookup: Datum, argon2_hash_att: i32) -> Option<Secret> {
+unsafe fn probe_secret(
+    heap_oid: Oid,
+    index_oid: Oid,
+    lookup: Datum,
+    argon2_hash_att: i32,
+) -> Option<Secret> {
     unsafe {
-        let (heap, index, scan) = begin_equality_scan(heap_oid, index_oid, pg_sys::F_BYTEAEQ, lookup, true);
+        let (heap, index, scan) =
+            begin_equality_scan(heap_oid, index_oid, pg_sys::F_BYTEAEQ, lookup, true);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         let mut vm_buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
         let mut found = None;
@@ -244,20 +274,35 @@ unsafe fn probe_secret(heap_oid: Oid, index_oid: Oid, lookup: Datum, argon2_hash
             }
             let mut values = [Datum::from(0); 4];
             let mut nulls = [true; 4];
-            pg_sys::index_deform_tuple((*scan).xs_itup, (*scan).xs_itupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::index_deform_tuple(
+                (*scan).xs_itup,
+                (*scan).xs_itupdesc,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
             if nulls[1] {
                 break;
             }
             let key_id: [u8; 16] = *values[1].cast_mut_ptr::<[u8; 16]>();
-            let argon2 = !nulls[2] && String::from_datum(values[2], false).as_deref() == Some("argon2id");
+            let argon2 =
+                !nulls[2] && String::from_datum(values[2], false).as_deref() == Some("argon2id");
             let expires_at = (!nulls[3]).then(|| values[3].value() as i64);
             let mut argon2_hash = None;
             if argon2 && (fetched || pg_sys::index_fetch_heap(scan, slot)) {
                 let mut isnull = false;
                 let d = pg_sys::slot_getattr(slot, argon2_hash_att, &mut isnull);
-                argon2_hash = if isnull { None } else { String::from_datum(d, false) };
+                argon2_hash = if isnull {
+                    None
+                } else {
+                    String::from_datum(d, false)
+                };
             }
-            found = Some(Secret { key_id, argon2, expires_at, argon2_hash });
+            found = Some(Secret {
+                key_id,
+                argon2,
+                expires_at,
+                argon2_hash,
+            });
             break;
         }
         if vm_buffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
@@ -296,13 +341,28 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
         let keys = relation(namespace, c"keys");
         let (sc, kc) = columns(secrets, keys);
 
+        // A Vec<u8> or a Uuid always converts to a datum: the expects cannot fire.
         let lookup_datum = pgrx::IntoDatum::into_datum(lookup.to_vec()).expect("bytea datum");
-        let secret = probe_secret(secrets, relation(namespace, c"key_secrets_pkey"), lookup_datum, sc.argon2_hash)?;
-        let (id, argon2, argon2_hash, secret_expires) =
-            (secret.key_id, secret.argon2, secret.argon2_hash, secret.expires_at);
+        let secret = probe_secret(
+            secrets,
+            relation(namespace, c"key_secrets_pkey"),
+            lookup_datum,
+            sc.argon2_hash,
+        )?;
+        let (id, argon2, argon2_hash, secret_expires) = (
+            secret.key_id,
+            secret.argon2,
+            secret.argon2_hash,
+            secret.expires_at,
+        );
         let id_datum = pgrx::IntoDatum::into_datum(pgrx::Uuid::from_bytes(id)).expect("uuid datum");
 
-        let key = UniqueProbe::run(keys, relation(namespace, c"keys_pkey"), pg_sys::F_UUID_EQ, id_datum);
+        let key = UniqueProbe::run(
+            keys,
+            relation(namespace, c"keys_pkey"),
+            pg_sys::F_UUID_EQ,
+            id_datum,
+        );
         if !key.found {
             return None;
         }
@@ -313,7 +373,8 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
         };
         let rate_limit = if key.bool(kc.rate_limit_enabled).unwrap_or(false) {
             Some((
-                key.get(kc.rate_limit_max).map_or(i32::MAX, |d| d.value() as i32),
+                key.get(kc.rate_limit_max)
+                    .map_or(i32::MAX, |d| d.value() as i32),
                 key.interval_micros(kc.rate_limit_window).unwrap_or(0),
             ))
         } else {
@@ -323,7 +384,11 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
             id,
             enabled: key.bool(kc.enabled).unwrap_or(false),
             expires_at,
-            argon2_hash: if argon2 { Some(argon2_hash.unwrap_or_default()) } else { None },
+            argon2_hash: if argon2 {
+                Some(argon2_hash.unwrap_or_default())
+            } else {
+                None
+            },
             reference_type: key.text(kc.reference_type).unwrap_or_default(),
             reference_id: key.text(kc.reference_id).unwrap_or_default(),
             config_id: key.text(kc.config_id).unwrap_or_default(),

@@ -7,17 +7,28 @@ use serde_json::Value;
 /// Why a value is not a permissions object, or `None` when it is one.
 pub fn shape_problem(value: &Value) -> Option<String> {
     let Some(map) = value.as_object() else {
-        return Some(format!("must be a JSON object of string arrays, not {}", kind(value)));
+        return Some(format!(
+            "must be a JSON object of string arrays, not {}",
+            kind(value)
+        ));
     };
     for (resource, actions) in map {
         if resource.is_empty() {
             return Some("has an empty resource name".into());
         }
         let Some(list) = actions.as_array() else {
-            return Some(format!("resource \"{resource}\" must map to an array of strings, not {}", kind(actions)));
+            return Some(format!(
+                "resource \"{resource}\" must map to an array of strings, not {}",
+                kind(actions)
+            ));
         };
-        if let Some(bad) = list.iter().find(|a| !a.is_string() || a.as_str() == Some("")) {
-            return Some(format!("resource \"{resource}\" has an action that is not a non-empty string: {bad}"));
+        if let Some(bad) = list
+            .iter()
+            .find(|a| !a.is_string() || a.as_str() == Some(""))
+        {
+            return Some(format!(
+                "resource \"{resource}\" has an action that is not a non-empty string: {bad}"
+            ));
         }
     }
     None
@@ -36,9 +47,13 @@ fn kind(v: &Value) -> &'static str {
 
 /// Does `held` grant every action of `requested`? A malformed request grants nothing.
 pub fn grants(held: Option<&Value>, requested: &Value) -> bool {
-    let Some(wanted) = requested.as_object() else { return false };
+    let Some(wanted) = requested.as_object() else {
+        return false;
+    };
     wanted.iter().all(|(resource, actions)| {
-        let Some(actions) = actions.as_array() else { return false };
+        let Some(actions) = actions.as_array() else {
+            return false;
+        };
         actions.iter().all(|action| match action.as_str() {
             Some(a) => holds(held, resource, a),
             None => false,
@@ -62,9 +77,15 @@ mod tests {
     fn every_action_of_every_resource_is_needed() {
         let held = json!({"files": ["read", "write"], "users": ["read"]});
         assert!(grants(Some(&held), &json!({"files": ["read"]})));
-        assert!(grants(Some(&held), &json!({"files": ["read", "write"], "users": ["read"]})));
+        assert!(grants(
+            Some(&held),
+            &json!({"files": ["read", "write"], "users": ["read"]})
+        ));
         assert!(!grants(Some(&held), &json!({"files": ["delete"]})));
-        assert!(!grants(Some(&held), &json!({"files": ["read"], "billing": ["read"]})));
+        assert!(!grants(
+            Some(&held),
+            &json!({"files": ["read"], "billing": ["read"]})
+        ));
         assert!(grants(Some(&held), &json!({})));
         assert!(!grants(None, &json!({"files": ["read"]})));
         assert!(grants(None, &json!({})));

@@ -29,10 +29,16 @@ mod api_key {
         ),
     > {
         if let Some(problem) = key_format::prefix_problem(prefix) {
-            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("prefix {problem}"));
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("prefix {problem}"),
+            );
         }
         let Some(algorithm) = Algorithm::from_name(algorithm) else {
-            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "hash algorithm must be sha256 or argon2id");
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "hash algorithm must be sha256 or argon2id",
+            );
         };
         let min = match algorithm {
             Algorithm::Sha256 => key_format::MIN_BODY_LEN,
@@ -40,7 +46,10 @@ mod api_key {
         };
         let body_length = body_length as usize;
         if body_length < min || body_length > key_format::MAX_BODY_LEN {
-            raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "body length out of range");
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "body length out of range",
+            );
         }
         let new = key_format::generate(prefix, body_length);
         let (lookup, argon2_hash) = match algorithm {
@@ -48,7 +57,10 @@ mod api_key {
             Algorithm::Argon2id => {
                 // SAFETY of unwrap: a generated key always parses.
                 let parsed = key_format::parse(&new.key).unwrap();
-                (hashing::sha256(parsed.lookup_id().as_bytes()), Some(hashing::argon2id_hash(&new.key)))
+                (
+                    hashing::sha256(parsed.lookup_id().as_bytes()),
+                    Some(hashing::argon2id_hash(&new.key)),
+                )
             }
         };
         TableIterator::once((new.key, new.start, lookup.to_vec(), argon2_hash))

@@ -31,7 +31,10 @@ mod tests {
         assert_eq!(retry_after_ms(0, 1_000_000, 999_001), 1);
         assert_eq!(retry_after_ms(0, 1_000_000, 1_000_000), 0);
         assert_eq!(retry_after_ms(0, 1_000_000, 5_000_000), 0);
-        assert_eq!(retry_after_ms(i64::MAX - 1, i64::MAX, 0), i64::MAX / 1000 + 1);
+        assert_eq!(
+            retry_after_ms(i64::MAX - 1, i64::MAX, 0),
+            i64::MAX / 1000 + 1
+        );
     }
 
     #[test]

@@ -97,7 +97,11 @@ unsafe extern "C-unwind" fn startup() {
         }
         let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
         pg_sys::LWLockRelease(init_lock);
-        SHARED = Some(Shared { slots, per_partition: count / PARTITIONS, locks });
+        SHARED = Some(Shared {
+            slots,
+            per_partition: count / PARTITIONS,
+            locks,
+        });
     }
 }
 
@@ -109,8 +113,12 @@ pub fn available() -> bool {
 
 /// What the shared-memory counter decided.
 pub enum Decision {
-    Admitted { admitted: i32 },
-    Refused { window_end: i64 },
+    Admitted {
+        admitted: i32,
+    },
+    Refused {
+        window_end: i64,
+    },
     /// No slot free within the probe distance: count in the table instead.
     NoRoom,
 }
@@ -122,7 +130,10 @@ fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool
     // touched under that partition's LWLock; nothing inside can raise an ERROR (pure Rust
     // arithmetic), so the lock is always released by the code below.
     unsafe {
-        let shared = (*(&raw const SHARED)).as_ref().expect("shared memory is initialised");
+        // Callers check `available()` first, so SHARED is set.
+        let shared = (*(&raw const SHARED))
+            .as_ref()
+            .expect("shared memory is initialised");
         let hash = u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8]));
         let partition = (hash % PARTITIONS as u64) as usize;
         let base = shared.slots.add(partition * shared.per_partition);
@@ -163,13 +174,22 @@ pub fn admit(key: &[u8; 16], max: i32, window: i64, now: i64) -> Decision {
         Some(slot) => {
             if is_key && slot.window_end > now {
                 if slot.admitted >= max {
-                    return Decision::Refused { window_end: slot.window_end };
+                    return Decision::Refused {
+                        window_end: slot.window_end,
+                    };
                 }
                 slot.admitted += 1;
             } else {
-                *slot = Slot { key: *key, window_end: now.saturating_add(window), admitted: 1, _pad: 0 };
+                *slot = Slot {
+                    key: *key,
+                    window_end: now.saturating_add(window),
+                    admitted: 1,
+                    _pad: 0,
+                };
             }
-            Decision::Admitted { admitted: slot.admitted }
+            Decision::Admitted {
+                admitted: slot.admitted,
+            }
         }
     })
 }

@@ -19,7 +19,8 @@ pub fn as_role<R>(role: Oid, f: impl FnOnce() -> R) -> R {
     // (sub)transaction abort if the error escapes further.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        let restricted = (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
+        let restricted =
+            (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32;
         pg_sys::SetUserIdAndSecContext(role, saved_context | restricted);
     }
     let f = AssertUnwindSafe(f);
@@ -27,19 +28,20 @@ pub fn as_role<R>(role: Oid, f: impl FnOnce() -> R) -> R {
         let f = f;
         (f.0)()
     })
-        // SAFETY: restores what was saved above.
-        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
-        .execute()
+    // SAFETY: restores what was saved above.
+    .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) })
+    .execute()
 }
 
 /// The owner of a function (`pg_proc`) or relation (`pg_class`), if it still exists.
 pub fn owner_of(catalog: Oid, object: Oid) -> Option<Oid> {
-    let column = if catalog == pg_sys::ProcedureRelationId { "proowner" } else { "relowner" };
-    let table = if catalog == pg_sys::ProcedureRelationId { "pg_proc" } else { "pg_class" };
+    let query = if catalog == pg_sys::ProcedureRelationId {
+        "SELECT proowner FROM pg_catalog.pg_proc WHERE oid = $1"
+    } else {
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1"
+    };
     Spi::connect(|client| {
-        let rows = client
-            .select(&format!("SELECT {column} FROM pg_catalog.{table} WHERE oid = $1"), Some(1), &[object.into()])
-            .ok()?;
+        let rows = client.select(query, Some(1), &[object.into()]).ok()?;
         if rows.is_empty() {
             return None;
         }
@@ -49,7 +51,11 @@ pub fn owner_of(catalog: Oid, object: Oid) -> Option<Oid> {
 
 fn quoted(ident: &CStr) -> String {
     // SAFETY: quote_identifier returns its argument or a palloc'd quoted copy.
-    unsafe { CStr::from_ptr(pg_sys::quote_identifier(ident.as_ptr())).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(pg_sys::quote_identifier(ident.as_ptr()))
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 #[pg_schema]
@@ -59,18 +65,27 @@ mod api_key {
 
     /// `authorizer(actor, reference_id, action)`, called as the authorizer's owner.
     #[pg_extern(volatile, parallel_unsafe)]
-    pub fn call_authorizer(authorizer: pg_sys::Oid, actor: &str, reference_id: &str, action: &str) -> bool {
+    pub fn call_authorizer(
+        authorizer: pg_sys::Oid,
+        actor: &str,
+        reference_id: &str,
+        action: &str,
+    ) -> bool {
         let owner = owner_of(pg_sys::ProcedureRelationId, authorizer);
         let Some(owner) = owner else {
             raise_with_hint(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
-                format!("the authorizer (function OID {}) no longer exists", authorizer.to_u32()),
+                format!(
+                    "the authorizer (function OID {}) no longer exists",
+                    authorizer.to_u32()
+                ),
                 "Register the reference type again with api_key_register_reference_type().",
             );
         };
         as_role(owner, || {
             // SAFETY: calls a function with three text arguments returning boolean, as checked
-            // at registration; the arguments are valid text datums.
+            // at registration; the arguments are valid text datums (a &str always converts,
+            // so the expects below cannot fire).
             unsafe {
                 let result = pg_sys::OidFunctionCall3Coll(
                     authorizer,
@@ -130,7 +145,9 @@ mod api_key {
                 if rows.is_empty() {
                     return None;
                 }
-                rows.first().get::<String>(1).unwrap_or_else(|e| crate::usage::spi_failed(e))
+                rows.first()
+                    .get::<String>(1)
+                    .unwrap_or_else(|e| crate::usage::spi_failed(e))
             })
         })
     }

@@ -15,7 +15,9 @@ mod tests {
 
     fn verify(sql_args: &str, key: &str) -> String {
         let sql = format!("SELECT code FROM api_key_verify($1{sql_args})");
-        Spi::get_one_with_args::<String>(&sql, &[key.into()]).unwrap().unwrap()
+        Spi::get_one_with_args::<String>(&sql, &[key.into()])
+            .unwrap()
+            .unwrap()
     }
 
     fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
@@ -24,9 +26,13 @@ mod tests {
 
     #[pg_test]
     fn a_created_key_verifies() {
-        let (id, key) = create("reference_id => 'u1', name => 'n', permissions => '{\"files\": [\"read\"]}'");
+        let (id, key) =
+            create("reference_id => 'u1', name => 'n', permissions => '{\"files\": [\"read\"]}'");
         assert_eq!(verify("", &key), "VALID");
-        assert_eq!(verify(", permissions => '{\"files\": [\"read\"]}'", &key), "VALID");
+        assert_eq!(
+            verify(", permissions => '{\"files\": [\"read\"]}'", &key),
+            "VALID"
+        );
         let owner = Spi::get_one_with_args::<String>(
             "SELECT reference_type || ':' || reference_id || ':' || key_id FROM api_key_verify($1)",
             &[key.as_str().into()],
@@ -41,25 +47,49 @@ mod tests {
         typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(typo).unwrap();
         let huge = "k".repeat(1 << 20);
-        for bad in ["", "garbage", "sk_' OR 1=1 --", typo.as_str(), huge.as_str()] {
+        for bad in [
+            "",
+            "garbage",
+            "sk_' OR 1=1 --",
+            typo.as_str(),
+            huge.as_str(),
+        ] {
             let rows = Spi::get_one_with_args::<i64>(
                 "SELECT count(*) FROM api_key_verify($1) WHERE NOT valid AND code = 'NOT_FOUND' AND key_id IS NULL",
                 &[bad.into()],
             );
             assert_eq!(rows.unwrap(), Some(1), "{bad:.20}");
         }
-        assert_eq!(one::<String>("SELECT code FROM api_key_verify(NULL)").as_deref(), Some("NOT_FOUND"));
+        assert_eq!(
+            one::<String>("SELECT code FROM api_key_verify(NULL)").as_deref(),
+            Some("NOT_FOUND")
+        );
     }
 
     #[pg_test]
     fn checks_come_in_the_documented_order() {
         let (id, key) = create("reference_id => 'u1', permissions => '{\"a\": [\"x\"]}'");
-        Spi::run(&format!("SELECT api_key_update('{id}', enabled => false, expires_at => now() - interval '1 s')")).unwrap();
-        assert_eq!(verify(", permissions => '{\"b\": [\"y\"]}'", &key), "DISABLED");
+        Spi::run(&format!(
+            "SELECT api_key_update('{id}', enabled => false, expires_at => now() - interval '1 s')"
+        ))
+        .unwrap();
+        assert_eq!(
+            verify(", permissions => '{\"b\": [\"y\"]}'", &key),
+            "DISABLED"
+        );
         Spi::run(&format!("SELECT api_key_update('{id}', enabled => true)")).unwrap();
-        assert_eq!(verify(", permissions => '{\"b\": [\"y\"]}'", &key), "EXPIRED");
-        Spi::run(&format!("SELECT api_key_update('{id}', clear => '{{expires_at}}')")).unwrap();
-        assert_eq!(verify(", permissions => '{\"b\": [\"y\"]}'", &key), "INSUFFICIENT_PERMISSIONS");
+        assert_eq!(
+            verify(", permissions => '{\"b\": [\"y\"]}'", &key),
+            "EXPIRED"
+        );
+        Spi::run(&format!(
+            "SELECT api_key_update('{id}', clear => '{{expires_at}}')"
+        ))
+        .unwrap();
+        assert_eq!(
+            verify(", permissions => '{\"b\": [\"y\"]}'", &key),
+            "INSUFFICIENT_PERMISSIONS"
+        );
     }
 
     #[pg_test]
@@ -68,9 +98,14 @@ mod tests {
         assert_eq!(verify("", &key), "VALID");
         assert_eq!(verify("", &key), "VALID");
         assert_eq!(verify("", &key), "RATE_LIMITED");
-        let left = one::<i64>(&format!("SELECT remaining FROM api_key.keys WHERE id = '{id}'"));
+        let left = one::<i64>(&format!(
+            "SELECT remaining FROM api_key.keys WHERE id = '{id}'"
+        ));
         assert_eq!(left, Some(1), "the refused call spent no credit");
-        let retry = Spi::get_one_with_args::<i64>("SELECT retry_after_ms FROM api_key_verify($1)", &[key.as_str().into()]);
+        let retry = Spi::get_one_with_args::<i64>(
+            "SELECT retry_after_ms FROM api_key_verify($1)",
+            &[key.as_str().into()],
+        );
         let retry = retry.unwrap().unwrap();
         assert!(retry > 3_500_000 && retry <= 3_600_000, "{retry}");
     }
@@ -87,12 +122,22 @@ mod tests {
 
     #[pg_test]
     fn credits_refill_when_the_interval_has_passed() {
-        let (id, key) = create("reference_id => 'u1', remaining => 1, refill_amount => 10, refill_interval => '1 day'");
+        let (id, key) = create(
+            "reference_id => 'u1', remaining => 1, refill_amount => 10, refill_interval => '1 day'",
+        );
         assert_eq!(verify("", &key), "VALID");
         assert_eq!(verify("", &key), "USAGE_EXCEEDED");
-        Spi::run(&format!("UPDATE api_key.keys SET last_refill_at = now() - interval '2 days' WHERE id = '{id}'")).unwrap();
+        Spi::run(&format!(
+            "UPDATE api_key.keys SET last_refill_at = now() - interval '2 days' WHERE id = '{id}'"
+        ))
+        .unwrap();
         assert_eq!(verify("", &key), "VALID");
-        assert_eq!(one::<i64>(&format!("SELECT remaining FROM api_key.keys WHERE id = '{id}'")), Some(9));
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT remaining FROM api_key.keys WHERE id = '{id}'"
+            )),
+            Some(9)
+        );
     }
 
     #[pg_test(error = "cost must not be negative")]
@@ -104,7 +149,10 @@ mod tests {
     #[pg_test]
     fn rotation_keeps_the_key_and_retires_the_old_secret() {
         let (id, old) = create("reference_id => 'u1', remaining => 10");
-        let new = one::<String>(&format!("SELECT key FROM api_key_rotate('{id}', interval '1 hour')")).unwrap();
+        let new = one::<String>(&format!(
+            "SELECT key FROM api_key_rotate('{id}', interval '1 hour')"
+        ))
+        .unwrap();
         assert_ne!(old, new);
         assert_eq!(verify("", &old), "VALID");
         assert_eq!(verify("", &new), "VALID");
@@ -112,7 +160,13 @@ mod tests {
         assert_eq!(verify("", &old), "EXPIRED");
         assert_eq!(verify("", &new), "EXPIRED");
         assert_eq!(verify("", &new2), "VALID");
-        assert_eq!(one::<i64>(&format!("SELECT remaining FROM api_key.keys WHERE id = '{id}'")), Some(7), "one key, one balance");
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT remaining FROM api_key.keys WHERE id = '{id}'"
+            )),
+            Some(7),
+            "one key, one balance"
+        );
     }
 
     #[pg_test]
@@ -120,7 +174,10 @@ mod tests {
         let (id, key) = create("reference_id => 'u1'");
         Spi::run(&format!("SELECT api_key_revoke('{id}')")).unwrap();
         assert_eq!(verify("", &key), "NOT_FOUND");
-        assert_eq!(one::<i64>("SELECT count(*) FROM api_key.key_secrets"), Some(0));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM api_key.key_secrets"),
+            Some(0)
+        );
     }
 
     #[pg_test]
@@ -139,13 +196,31 @@ mod tests {
         assert_eq!(one::<String>("SELECT api_key_current_reference_id()"), None);
         let (id, key) = create("reference_id => 'org_1', reference_type => 'organization', permissions => '{\"docs\": [\"read\"]}'");
         Spi::run_with_args("SELECT api_key_authenticate($1)", &[key.as_str().into()]).unwrap();
-        assert_eq!(one::<String>("SELECT api_key_current_reference_id()").as_deref(), Some("org_1"));
-        assert_eq!(one::<String>("SELECT api_key_current_reference_type()").as_deref(), Some("organization"));
-        assert_eq!(one::<String>("SELECT api_key_current_key_id()::text"), Some(id));
-        assert_eq!(one::<bool>("SELECT api_key_has_permission('docs', 'read')"), Some(true));
-        assert_eq!(one::<bool>("SELECT api_key_has_permission('docs', 'write')"), Some(false));
+        assert_eq!(
+            one::<String>("SELECT api_key_current_reference_id()").as_deref(),
+            Some("org_1")
+        );
+        assert_eq!(
+            one::<String>("SELECT api_key_current_reference_type()").as_deref(),
+            Some("organization")
+        );
+        assert_eq!(
+            one::<String>("SELECT api_key_current_key_id()::text"),
+            Some(id)
+        );
+        assert_eq!(
+            one::<bool>("SELECT api_key_has_permission('docs', 'read')"),
+            Some(true)
+        );
+        assert_eq!(
+            one::<bool>("SELECT api_key_has_permission('docs', 'write')"),
+            Some(false)
+        );
         Spi::run("SELECT set_config('api_key.current_reference_id', 'org_2', true)").unwrap();
-        assert_eq!(one::<String>("SELECT api_key_current_reference_id()").as_deref(), Some("org_1"));
+        assert_eq!(
+            one::<String>("SELECT api_key_current_reference_id()").as_deref(),
+            Some("org_1")
+        );
     }
 
     #[pg_test(error = "API key not accepted: NOT_FOUND")]
@@ -156,7 +231,9 @@ mod tests {
     #[pg_test]
     fn the_service_creates_organization_keys_without_a_user() {
         let (id, _) = create("reference_type => 'organization', reference_id => 'org_9'");
-        let by = one::<String>(&format!("SELECT coalesce(created_by, '-') FROM api_key.keys WHERE id = '{id}'"));
+        let by = one::<String>(&format!(
+            "SELECT coalesce(created_by, '-') FROM api_key.keys WHERE id = '{id}'"
+        ));
         assert_eq!(by.as_deref(), Some("-"));
     }
 
@@ -166,7 +243,9 @@ mod tests {
         create("reference_type => 'organization', reference_id => 'org_1'");
     }
 
-    #[pg_test(error = "actor \"carol\" (role \"member\") lacks permission api_key:create in organization \"org_1\"")]
+    #[pg_test(
+        error = "actor \"carol\" (role \"member\") lacks permission api_key:create in organization \"org_1\""
+    )]
     fn members_without_the_permission_are_refused() {
         Spi::run("INSERT INTO api_key.organizations (id) VALUES ('org_1')").unwrap();
         Spi::run("INSERT INTO api_key.members VALUES ('org_1', 'carol', 'member')").unwrap();
@@ -179,7 +258,9 @@ mod tests {
         create("reference_id => 'u1', metadata => '[1]'");
     }
 
-    #[pg_test(error = "permissions resource \"files\" must map to an array of strings, not a string")]
+    #[pg_test(
+        error = "permissions resource \"files\" must map to an array of strings, not a string"
+    )]
     fn permissions_must_be_string_arrays() {
         create("reference_id => 'u1', permissions => '{\"files\": \"read\"}'");
     }
@@ -205,7 +286,10 @@ mod tests {
     fn delete_expired_removes_only_expired_keys() {
         let (id, _) = create("reference_id => 'u1'");
         create("reference_id => 'u1'");
-        Spi::run(&format!("SELECT api_key_update('{id}', expires_at => now() - interval '1 s')")).unwrap();
+        Spi::run(&format!(
+            "SELECT api_key_update('{id}', expires_at => now() - interval '1 s')"
+        ))
+        .unwrap();
         assert_eq!(one::<i64>("SELECT api_key_delete_expired()"), Some(1));
         assert_eq!(one::<i64>("SELECT count(*) FROM api_key.keys"), Some(1));
     }
@@ -215,7 +299,9 @@ mod tests {
         for n in 0..5 {
             create(&format!("reference_id => 'pager', name => 'k{n}'"));
         }
-        let first = one::<String>("SELECT string_agg(name, ',') FROM api_key_list_for_reference('pager', page_size => 2)");
+        let first = one::<String>(
+            "SELECT string_agg(name, ',') FROM api_key_list_for_reference('pager', page_size => 2)",
+        );
         assert_eq!(first.as_deref(), Some("k4,k3"));
         let last_id = one::<String>("SELECT id::text FROM api_key.keys WHERE name = 'k3'").unwrap();
         let next = one::<String>(&format!(

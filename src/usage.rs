@@ -36,7 +36,7 @@ const RATE_ADMIT: &str = "
     RETURNING w.admitted";
 
 const RATE_PEEK: &str = "
-    SELECT admitted, (extract(epoch FROM window_start) * 1000000)::bigint
+    SELECT (extract(epoch FROM window_start) * 1000000)::bigint
       FROM api_key.rate_limit_windows WHERE key_id = $1";
 
 const RATE_UNDO: &str = "
@@ -65,7 +65,10 @@ const CREDITS_LEFT: &str = "SELECT remaining FROM api_key.keys WHERE id = $1";
 const POSTGRES_EPOCH_IN_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 pub fn spi_failed(e: SpiError) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api_key: internal query failed: {e}"))
+    raise(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("api_key: internal query failed: {e}"),
+    )
 }
 
 /// Runs SQL of the extension with `search_path` pinned to `pg_catalog` (a SECURITY DEFINER
@@ -75,7 +78,8 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce(&mut SpiClient<'_>) -> R) -> R 
     // SAFETY: the override is popped below; if `f` raises, transaction (or subtransaction)
     // abort pops it, as PostgreSQL does for its own users of the override stack.
     unsafe {
-        let path = pg_sys::palloc0(std::mem::size_of::<pg_sys::OverrideSearchPath>()).cast::<pg_sys::OverrideSearchPath>();
+        let path = pg_sys::palloc0(std::mem::size_of::<pg_sys::OverrideSearchPath>())
+            .cast::<pg_sys::OverrideSearchPath>();
         (*path).addCatalog = true;
         pg_sys::PushOverrideSearchPath(path);
     }
@@ -92,10 +96,21 @@ fn statements(client: &SpiClient<'_>) -> Rc<Statements> {
     let uuid = pg_sys::UUIDOID;
     let prep = |q: &str, args: &[pg_sys::Oid]| {
         let oids: Vec<_> = args.iter().map(|o| pg_sys::PgOid::from(*o)).collect();
-        client.prepare_mut(q, &oids).unwrap_or_else(|e| spi_failed(e)).keep()
+        client
+            .prepare_mut(q, &oids)
+            .unwrap_or_else(|e| spi_failed(e))
+            .keep()
     };
     let s = Rc::new(Statements {
-        rate_admit: prep(RATE_ADMIT, &[uuid, pg_sys::INT4OID, pg_sys::INT8OID, pg_sys::TIMESTAMPTZOID]),
+        rate_admit: prep(
+            RATE_ADMIT,
+            &[
+                uuid,
+                pg_sys::INT4OID,
+                pg_sys::INT8OID,
+                pg_sys::TIMESTAMPTZOID,
+            ],
+        ),
         rate_peek: prep(RATE_PEEK, &[uuid]),
         rate_undo: prep(RATE_UNDO, &[uuid]),
         spend: prep(SPEND, &[uuid, pg_sys::INT8OID]),
@@ -121,17 +136,28 @@ pub fn require_read_write() {
 pub fn spend(key_id: Uuid, cost: i32) -> Result<Option<i64>, Option<i64>> {
     with_pinned_search_path(|client| {
         let st = statements(client);
-        let spent = client.update(&st.spend, None, &[key_id.into(), (cost as i64).into()]).unwrap_or_else(|e| spi_failed(e));
+        let spent = client
+            .update(&st.spend, None, &[key_id.into(), (cost as i64).into()])
+            .unwrap_or_else(|e| spi_failed(e));
         if spent.is_empty() {
-            let left = client.update(&st.credits_left, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e));
+            let left = client
+                .update(&st.credits_left, None, &[key_id.into()])
+                .unwrap_or_else(|e| spi_failed(e));
             return Err(left.first().get::<i64>(1).ok().flatten());
         }
         Ok(spent.first().get::<i64>(1).ok().flatten())
     })
 }
 
+/// Where an admitted verification was counted, so that it can be given back there.
+#[derive(Clone, Copy)]
+pub enum Counter {
+    SharedMemory,
+    Table,
+}
+
 pub enum Admission {
-    Admitted { admitted: i32 },
+    Admitted { admitted: i32, counter: Counter },
     Refused { retry_after_ms: i64 },
 }
 
@@ -143,43 +169,67 @@ pub fn admit(key_id: Uuid, max: i32, window: i64) -> Admission {
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     if rate_limit_shmem::available() {
         match rate_limit_shmem::admit(key_id.as_bytes(), max, window, now) {
-            Decision::Admitted { admitted } => return Admission::Admitted { admitted },
+            Decision::Admitted { admitted } => {
+                return Admission::Admitted {
+                    admitted,
+                    counter: Counter::SharedMemory,
+                }
+            }
             Decision::Refused { window_end } => {
-                return Admission::Refused { retry_after_ms: rate_limit::retry_after_ms(0, window_end, now) }
+                return Admission::Refused {
+                    retry_after_ms: rate_limit::retry_after_ms(0, window_end, now),
+                }
             }
             Decision::NoRoom => {}
         }
     }
-    let now_tz = TimestampWithTimeZone::try_from(now).unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity());
+    let now_tz = TimestampWithTimeZone::try_from(now)
+        .unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity());
     with_pinned_search_path(|client| {
         let st = statements(client);
         let admit = client
-            .update(&st.rate_admit, None, &[key_id.into(), max.into(), window.into(), now_tz.into()])
+            .update(
+                &st.rate_admit,
+                None,
+                &[key_id.into(), max.into(), window.into(), now_tz.into()],
+            )
             .unwrap_or_else(|e| spi_failed(e));
         if admit.is_empty() {
-            let peek = client.update(&st.rate_peek, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e)).first();
+            let peek = client
+                .update(&st.rate_peek, None, &[key_id.into()])
+                .unwrap_or_else(|e| spi_failed(e))
+                .first();
             let unix_now = now + POSTGRES_EPOCH_IN_UNIX_MICROS;
-            let start = peek.get::<i64>(2).ok().flatten().unwrap_or(unix_now);
+            let start = peek.get::<i64>(1).ok().flatten().unwrap_or(unix_now);
             // Another backend may have opened the window with a clock reading a little later
             // than ours: never announce more than one window.
-            let retry = rate_limit::retry_after_ms(start, window, unix_now).min(rate_limit::retry_after_ms(0, window, 0));
-            return Admission::Refused { retry_after_ms: retry };
+            let one_window_ms = rate_limit::retry_after_ms(0, window, 0);
+            let retry = rate_limit::retry_after_ms(start, window, unix_now).min(one_window_ms);
+            return Admission::Refused {
+                retry_after_ms: retry,
+            };
         }
-        Admission::Admitted { admitted: admit.first().get::<i32>(1).ok().flatten().unwrap_or(max) }
+        let admitted = admit.first().get::<i32>(1).ok().flatten().unwrap_or(max);
+        Admission::Admitted {
+            admitted,
+            counter: Counter::Table,
+        }
     })
 }
 
-/// Give back an admission when a later check (credits) refuses the verification.
-pub fn undo_admission(key_id: Uuid) {
-    if rate_limit_shmem::available() {
+/// Give back an admission, where it was counted, when a later check (credits) refuses the
+/// verification.
+pub fn undo_admission(key_id: Uuid, counter: Counter) {
+    match counter {
         // SAFETY: reads the clock.
-        rate_limit_shmem::undo(key_id.as_bytes(), unsafe { pg_sys::GetCurrentTimestamp() });
+        Counter::SharedMemory => {
+            rate_limit_shmem::undo(key_id.as_bytes(), unsafe { pg_sys::GetCurrentTimestamp() })
+        }
+        Counter::Table => with_pinned_search_path(|client| {
+            let st = statements(client);
+            client
+                .update(&st.rate_undo, None, &[key_id.into()])
+                .unwrap_or_else(|e| spi_failed(e));
+        }),
     }
-    // The key may have been counted in the table (no room in shared memory); undo there too
-    // (a no-op when it has no row).
-    with_pinned_search_path(|client| {
-        let st = statements(client);
-        client.update(&st.rate_undo, None, &[key_id.into()]).unwrap_or_else(|e| spi_failed(e));
-    });
 }
-

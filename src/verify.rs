@@ -57,11 +57,23 @@ pub struct Outcome {
 impl Outcome {
     fn with_key(code: Code, key: StoredKey) -> Self {
         let remaining = key.remaining;
-        Outcome { code, key: Some(key), remaining, rate_limit_remaining: None, retry_after_ms: None }
+        Outcome {
+            code,
+            key: Some(key),
+            remaining,
+            rate_limit_remaining: None,
+            retry_after_ms: None,
+        }
     }
 
     fn not_found() -> Self {
-        Outcome { code: Code::NotFound, key: None, remaining: None, rate_limit_remaining: None, retry_after_ms: None }
+        Outcome {
+            code: Code::NotFound,
+            key: None,
+            remaining: None,
+            rate_limit_remaining: None,
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -71,7 +83,10 @@ thread_local! {
 
 fn check_arguments(requested: Option<&JsonB>, cost: i32) {
     if cost < 0 {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "cost must not be negative");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "cost must not be negative",
+        );
     }
     if let Some(problem) = requested.and_then(|r| permissions::shape_problem(&r.0)) {
         raise_with_hint(
@@ -99,13 +114,22 @@ fn find(key: &str) -> Option<StoredKey> {
 
 fn held_permissions(key: &StoredKey) -> Option<serde_json::Value> {
     // SAFETY: the datum is a detoasted jsonb copy.
-    key.permissions.and_then(|d| unsafe { JsonB::from_datum(d, false) }).map(|j| j.0)
+    key.permissions
+        .and_then(|d| unsafe { JsonB::from_datum(d, false) })
+        .map(|j| j.0)
 }
 
 /// Verify `key`; the shared core of `api_key_verify` and `api_key_authenticate`.
-pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id: Option<&str>) -> Outcome {
+pub fn verify(
+    key: Option<&str>,
+    requested: Option<JsonB>,
+    cost: i32,
+    config_id: Option<&str>,
+) -> Outcome {
     check_arguments(requested.as_ref(), cost);
-    let Some(found) = key.and_then(find) else { return Outcome::not_found() };
+    let Some(found) = key.and_then(find) else {
+        return Outcome::not_found();
+    };
     // A key asked for under another configuration is not one we know there.
     if config_id.is_some_and(|c| found.config_id != c) {
         return Outcome::not_found();
@@ -123,20 +147,25 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
             return Outcome::with_key(Code::InsufficientPermissions, found);
         }
     }
-    let writes = found.remaining.is_some() || (found.rate_limit.is_some() && !rate_limit_shmem::available());
+    let writes =
+        found.remaining.is_some() || (found.rate_limit.is_some() && !rate_limit_shmem::available());
     if writes {
         usage::require_read_write();
     }
     let key_id = Uuid::from_bytes(found.id);
+    let (rate_limit, has_credits, last_used_at) = (
+        found.rate_limit,
+        found.remaining.is_some(),
+        found.last_used_at,
+    );
     let mut out = Outcome::with_key(Code::Valid, found);
-    let key = out.key.as_ref().expect("set just above");
 
-    let mut counted = false;
-    if let Some((max, window)) = key.rate_limit {
+    let mut counted = None;
+    if let Some((max, window)) = rate_limit {
         match usage::admit(key_id, max, window) {
-            Admission::Admitted { admitted } => {
+            Admission::Admitted { admitted, counter } => {
                 out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
-                counted = true;
+                counted = Some(counter);
             }
             Admission::Refused { retry_after_ms } => {
                 out.code = Code::RateLimited;
@@ -146,12 +175,12 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
             }
         }
     }
-    if key.remaining.is_some() {
+    if has_credits {
         match usage::spend(key_id, cost) {
             Ok(left) => out.remaining = left,
             Err(left) => {
-                if counted {
-                    usage::undo_admission(key_id);
+                if let Some(counter) = counted {
+                    usage::undo_admission(key_id, counter);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
                 out.remaining = left;
@@ -160,7 +189,7 @@ pub fn verify(key: Option<&str>, requested: Option<JsonB>, cost: i32, config_id:
             }
         }
     }
-    last_used::record(key_id, key.last_used_at);
+    last_used::record(key_id, last_used_at);
     out
 }
 
@@ -172,11 +201,20 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     if oid == pg_sys::InvalidOid || unsafe { pg_sys::get_typ_typrelid(oid) } == pg_sys::InvalidOid {
         oid = PgTupleDesc::for_composite_type("api_key.verification")
             .map(|d| d.oid())
-            .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type api_key.verification is missing"));
+            .unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    "type api_key.verification is missing",
+                )
+            });
         RESULT_TYPE.with(|c| c.set(oid));
     }
-    let desc = PgTupleDesc::for_composite_type_by_oid(oid)
-        .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type api_key.verification is missing"));
+    let desc = PgTupleDesc::for_composite_type_by_oid(oid).unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "type api_key.verification is missing",
+        )
+    });
     let k = out.key.as_ref();
     let expires_at = k.and_then(|k| k.expires_at).map(|t| pg_sys::Datum::from(t));
     let datums = [
@@ -196,8 +234,12 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     ];
     // SAFETY: the datums follow the column types of api_key.verification, in order (jsonb
     // values are detoasted copies; expires_at is a timestamptz by value).
-    unsafe { PgHeapTuple::from_datums(desc, datums) }
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api_key: {e}")))
+    unsafe { PgHeapTuple::from_datums(desc, datums) }.unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("api_key: {e}"),
+        )
+    })
 }
 
 /// Verify an API key: exactly one row, never an error for any key value.

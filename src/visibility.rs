@@ -29,7 +29,12 @@ fn snapshot_tag() -> Option<SnapshotTag> {
             return None;
         }
         let s = pg_sys::GetActiveSnapshot();
-        Some((local_xid(), (*s).xmin.into_inner(), (*s).xmax.into_inner(), (*s).curcid))
+        Some((
+            local_xid(),
+            (*s).xmin.into_inner(),
+            (*s).xmax.into_inner(),
+            (*s).curcid,
+        ))
     }
 }
 
@@ -58,7 +63,11 @@ fn actor_may_read(actor: &str, reference_type: &str, reference_id: &str) -> bool
         ANSWERS.with(|a| {
             let mut a = a.borrow_mut();
             if a.snapshot != snapshot || a.actor != actor {
-                *a = Answers { snapshot, actor: actor.to_owned(), by_reference: HashMap::new() };
+                *a = Answers {
+                    snapshot,
+                    actor: actor.to_owned(),
+                    by_reference: HashMap::new(),
+                };
             }
             a.by_reference.get(&key).copied()
         })
@@ -87,7 +96,9 @@ mod api_key {
     /// of `api_key.keys`). No actor: only the service (a role granted api_key_admin) sees keys.
     #[pg_extern(stable, parallel_restricted)]
     pub fn may_read(reference_type: Option<&str>, reference_id: Option<&str>) -> bool {
-        let (Some(reference_type), Some(reference_id)) = (reference_type, reference_id) else { return false };
+        let (Some(reference_type), Some(reference_id)) = (reference_type, reference_id) else {
+            return false;
+        };
         match current_actor() {
             // SAFETY: GetUserId only reads backend state.
             None => is_service_role(unsafe { pg_sys::GetUserId() }),
