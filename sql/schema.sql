@@ -1,6 +1,20 @@
 -- Tables, types and roles of api_key. Runs first (bootstrap); functions come later.
 -- Everything lives in schema api_key except the public API functions, which live in the
 -- extension's schema (public by default) so callers need no qualification.
+--
+-- A column added in a later release goes at the end of its table, in the fresh install as in
+-- the upgrade script, so that an upgraded database and a fresh one are the same.
+
+-- Text arguments reach Rust as UTF-8 strings: other encodings are refused up front.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+        RAISE EXCEPTION 'api_key needs a database with encoding UTF8, not %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0;';
+    END IF;
+END
+$encoding$;
 
 CREATE SCHEMA IF NOT EXISTS api_key;
 COMMENT ON SCHEMA api_key IS 'API keys: tables, internal functions and policies of the api_key extension';
@@ -42,6 +56,8 @@ CREATE TABLE api_key.configs (
     refill_interval     interval CHECK (refill_interval > '0'),
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- Fields actors may raise past the configuration's (or the key's) value; see docs.
+    actor_may_raise     text[] NOT NULL DEFAULT '{}',
     CHECK (hash_algorithm <> 'argon2id' OR body_length >= 40),
     CHECK (min_expires_in IS NULL OR max_expires_in IS NULL OR min_expires_in <= max_expires_in),
     CHECK (name_min_length <= name_max_length),
@@ -50,6 +66,7 @@ CREATE TABLE api_key.configs (
     CHECK ((refill_amount IS NULL) = (refill_interval IS NULL))
 );
 COMMENT ON TABLE api_key.configs IS 'Named key configurations: format, hashing, expiry bounds, name rules and usage defaults. "default" is created at install.';
+COMMENT ON COLUMN api_key.configs.actor_may_raise IS 'Limits actors (not only the service) may raise: any of enabled, expires_at, permissions, remaining, refill, rate_limit';
 INSERT INTO api_key.configs (id) VALUES ('default');
 
 -- One CHECK only, the invariant verification relies on: PostgreSQL rebuilds every CHECK
@@ -74,10 +91,11 @@ CREATE TABLE api_key.keys (
     rate_limit_enabled boolean NOT NULL DEFAULT false,
     rate_limit_max     integer,
     rate_limit_window  interval,
-    -- clock_timestamp: keys created in one transaction still list in creation order.
+    -- clock_timestamp: keys created in one transaction still list in creation order. The
+    -- functions set both from one clock reading, which the key's id carries too (UUIDv7).
     created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     created_by         text,
-    updated_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     last_used_at       timestamptz
 ) WITH (fillfactor = 80);  -- room for HOT updates of credits and last_used_at
 COMMENT ON TABLE api_key.keys IS 'One row per key: owner (reference_type, reference_id), permissions, limits and usage state. Never the key or its hash (see api_key.key_secrets).';
@@ -107,11 +125,11 @@ CREATE INDEX key_secrets_by_key ON api_key.key_secrets (key_id);
 -- Rate-limit windows change on every admitted verification; UNLOGGED keeps that free of WAL.
 -- A crash empties the table, which only forgets the current windows (documented).
 CREATE UNLOGGED TABLE api_key.rate_limit_windows (
-    key_id       uuid PRIMARY KEY,
-    window_start timestamptz NOT NULL,
-    admitted     integer NOT NULL
+    key_id     uuid PRIMARY KEY,
+    window_end timestamptz NOT NULL,
+    admitted   integer NOT NULL
 );
-COMMENT ON TABLE api_key.rate_limit_windows IS 'Current fixed rate-limit window per key (unlogged: no WAL per verification; emptied by a crash)';
+COMMENT ON TABLE api_key.rate_limit_windows IS 'Current fixed rate-limit window per key, with its end (unlogged: no WAL per verification; emptied by a crash)';
 
 CREATE TYPE api_key.verification AS (
     valid                boolean,

@@ -1,8 +1,10 @@
--- Row-level security and privileges. Runs last, when every object exists.
+-- Row-level security, privileges and comments. Runs last, when every object exists.
 --
 -- Application roles (granted api_key_user) read through RLS and change nothing directly:
--- every change goes through the management functions, which check the actor. The service
--- (api_key_admin) may also write membership tables with plain SQL. Superusers bypass RLS.
+-- every change goes through the management functions, which decide access in one place
+-- (src/access). The service (api_key_admin) may also write the membership tables with plain
+-- SQL. Superusers bypass RLS. The policies call functions that answer only for the current
+-- role and actor (src/access/policy.rs).
 
 ALTER TABLE api_key.configs ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_key.configs FORCE ROW LEVEL SECURITY;
@@ -27,7 +29,7 @@ ALTER TABLE api_key.audit_log FORCE ROW LEVEL SECURITY;
 
 -- Keys: exactly those the actor may read; with no actor, the service sees all.
 CREATE POLICY keys_visible ON api_key.keys FOR SELECT
-    USING (api_key.may_read(reference_type, reference_id));
+    USING (api_key.may(reference_type, reference_id, 'read'));
 
 -- Configurations are not secret: anyone with the extension's roles may read them.
 CREATE POLICY configs_visible ON api_key.configs FOR SELECT USING (true);
@@ -37,15 +39,15 @@ CREATE POLICY configs_visible ON api_key.configs FOR SELECT USING (true);
 -- Membership: members of an organization see it and its members; the service sees and
 -- writes all.
 CREATE POLICY organizations_visible ON api_key.organizations FOR SELECT
-    USING (api_key.member_role(id, api_key.actor()) IS NOT NULL);
+    USING (api_key.is_member(id));
 CREATE POLICY organizations_service ON api_key.organizations FOR ALL TO api_key_admin
     USING (api_key.actor() IS NULL) WITH CHECK (api_key.actor() IS NULL);
 CREATE POLICY members_visible ON api_key.members FOR SELECT
-    USING (api_key.member_role(organization_id, api_key.actor()) IS NOT NULL);
+    USING (api_key.is_member(organization_id));
 CREATE POLICY members_service ON api_key.members FOR ALL TO api_key_admin
     USING (api_key.actor() IS NULL) WITH CHECK (api_key.actor() IS NULL);
 CREATE POLICY role_permissions_visible ON api_key.role_permissions FOR SELECT
-    USING (organization_id IS NULL OR api_key.member_role(organization_id, api_key.actor()) IS NOT NULL);
+    USING (organization_id IS NULL OR api_key.is_member(organization_id));
 CREATE POLICY role_permissions_service ON api_key.role_permissions FOR ALL TO api_key_admin
     USING (api_key.actor() IS NULL) WITH CHECK (api_key.actor() IS NULL);
 CREATE POLICY membership_source_service ON api_key.membership_source FOR SELECT TO api_key_admin USING (true);
@@ -55,7 +57,16 @@ CREATE POLICY reference_types_visible ON api_key.reference_types FOR SELECT USIN
 -- update (a user's own; an organization's for its owners and admins by default).
 CREATE POLICY audit_visible ON api_key.audit_log FOR SELECT
     USING (CASE WHEN api_key.actor() IS NULL THEN pg_catalog.pg_has_role('api_key_admin', 'USAGE')
-                ELSE api_key.actor_may(api_key.actor(), reference_type, reference_id, 'update') END);
+                ELSE api_key.may(reference_type, reference_id, 'update') END);
+
+-- Audit view: organization keys whose creator is no longer a member. The keys keep working
+-- (ownership is the organization); this is for reviewing them.
+CREATE VIEW api_key.keys_without_creator WITH (security_invoker = true) AS
+SELECT k.id, k.reference_type, k.reference_id, k.name, k.start, k.created_by, k.created_at, k.last_used_at
+  FROM api_key.keys AS k
+ WHERE k.reference_type OPERATOR(pg_catalog.=) 'organization' AND k.created_by IS NOT NULL
+   AND api_key.creator_left(k.reference_id, k.created_by);
+COMMENT ON VIEW api_key.keys_without_creator IS 'Organization keys whose creator has left the organization (for audits; the keys keep working)';
 
 -- Privileges.
 REVOKE ALL ON ALL TABLES IN SCHEMA api_key FROM PUBLIC;
@@ -68,19 +79,9 @@ GRANT SELECT ON api_key.keys, api_key.configs, api_key.organizations, api_key.me
 GRANT SELECT ON api_key.membership_source TO api_key_admin;
 GRANT INSERT, UPDATE, DELETE ON api_key.organizations, api_key.members, api_key.role_permissions TO api_key_admin;
 
--- Functions that policies and wrappers call as the invoking role. The workers are safe to
--- expose: each re-checks the caller through its token and the actor.
-GRANT EXECUTE ON FUNCTION
-    api_key.actor(), api_key.may_read(text, text), api_key.member_role(text, text),
-    api_key.actor_may(text, text, text, text), api_key.caller_token(),
-    api_key.create_key(bigint, text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean),
-    api_key.key_for(bigint, uuid, text),
-    api_key.list_keys(bigint, text, text, text, integer, uuid),
-    api_key.update_key(bigint, uuid, text, boolean, timestamptz, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[]),
-    api_key.revoke_key(bigint, uuid), api_key.rotate_key(bigint, uuid, interval), api_key.delete_expired(bigint),
-    api_key.config_create(bigint, api_key.configs), api_key.config_update(bigint, text, jsonb),
-    api_key.config_delete(bigint, text), api_key.use_membership_table(bigint, regclass, text, text, text),
-    api_key.register_reference_type(bigint, text, regprocedure)
+-- What the policies call, as the querying role: each answers for the current actor only.
+GRANT EXECUTE ON FUNCTION api_key.actor(), api_key.may(text, text, text), api_key.is_member(text),
+                          api_key.creator_left(text, text)
     TO api_key_user, api_key_admin;
 
 -- Every public function of the extension: from PUBLIC to the extension's roles. Found through
@@ -90,35 +91,59 @@ DECLARE
     fn regprocedure;
 BEGIN
     FOR fn IN
-        SELECT p.oid::regprocedure
-          FROM pg_catalog.pg_proc p
-          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
-                                     AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
-          JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'api_key'
-         WHERE p.pronamespace = '@extschema@'::regnamespace
-           AND p.proname LIKE 'api\_key\_%'
-           AND p.proname NOT LIKE 'api\_key\_current\_%' AND p.proname <> 'api_key_has_permission'
+        SELECT p.oid::pg_catalog.regprocedure
+          FROM pg_catalog.pg_proc AS p
+          JOIN pg_catalog.pg_depend AS d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                       AND d.objid OPERATOR(pg_catalog.=) p.oid
+                                       AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                                       AND d.deptype OPERATOR(pg_catalog.=) 'e'
+          JOIN pg_catalog.pg_extension AS e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
+                                           AND e.extname OPERATOR(pg_catalog.=) 'api_key'
+         WHERE p.pronamespace OPERATOR(pg_catalog.=) '@extschema@'::pg_catalog.regnamespace
+           AND p.proname OPERATOR(pg_catalog.~~) 'api\_key\_%'
+           AND p.proname OPERATOR(pg_catalog.!~~) 'api\_key\_current\_%'
+           AND p.proname OPERATOR(pg_catalog.<>) 'api_key_has_permission'
     LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO api_key_user, api_key_admin', fn);
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO api_key_user, api_key_admin', fn);
     END LOOP;
 END
 $grants$;
 -- The api_key_current_* helpers and api_key_has_permission stay executable by PUBLIC: they
 -- only read the caller's own transaction binding, and application policies call them.
 
--- Comments on the functions written in Rust (the SQL-defined ones carry theirs).
+-- Comments on the functions (written in Rust; their doc comments say the same at more length).
+COMMENT ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean) IS
+    'Create a key for (reference_type, reference_id). Returns the plaintext key once; only its hash is stored.';
 COMMENT ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text) IS
     'Verify an API key: exactly one row (valid, code, key and usage), never an error for any key value. Checks existence, enabled, expiry, permissions, rate limit, credits; a refused call consumes nothing.';
 COMMENT ON FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text) IS
     'Verify a key and bind the current transaction to it (see api_key_current_*); raises 28000 with the code when not valid.';
+COMMENT ON FUNCTION @extschema@.api_key_get(uuid) IS 'One key (never its hash), if the caller may read it';
+COMMENT ON FUNCTION @extschema@.api_key_list_for_reference(text, text, text, integer, uuid) IS
+    'Keys of a reference, newest first, page_size per page; pass the last id seen as after_id for the next page';
+COMMENT ON FUNCTION @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[]) IS
+    'Change a key. NULL arguments leave a field as it is; clear => ''{expires_at,remaining}'' sets fields to NULL. Actors may only narrow limits and permissions.';
+COMMENT ON FUNCTION @extschema@.api_key_revoke(uuid) IS
+    'Revoke a key: it is deleted and verifies as NOT_FOUND from now on. True if this call revoked it, false if there is no such key.';
+COMMENT ON FUNCTION @extschema@.api_key_rotate(uuid, interval) IS
+    'New plaintext for the same key (owner, permissions, limits, credits); the old one works until grace has passed';
+COMMENT ON FUNCTION @extschema@.api_key_delete_expired() IS
+    'Delete expired keys and rotated-away secrets past their grace; returns how many of both. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[]) IS
+    'Create a named key configuration. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_config_update(text, jsonb) IS
+    'Change settings of a configuration: settings => ''{"column": value, …}'' (JSON null clears). Applies to keys created afterwards. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_config_delete(text) IS 'Delete a configuration that has no keys. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_use_membership_table(regclass, text, text, text) IS
+    'Read organization membership live from an application table (e.g. better-auth''s member), as its owner. NULL: back to api_key.members. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_register_reference_type(text, regprocedure) IS
+    'Register a custom owner type (project, store, …) and its authorizer(actor, reference_id, action) returns boolean, run as its owner. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_current_key_id() IS 'Id of the key this transaction was authenticated with (api_key_authenticate), or NULL';
 COMMENT ON FUNCTION @extschema@.api_key_current_reference_type() IS 'Owner type of the key this transaction was authenticated with, or NULL';
 COMMENT ON FUNCTION @extschema@.api_key_current_reference_id() IS 'Owner id of the key this transaction was authenticated with, or NULL';
 COMMENT ON FUNCTION @extschema@.api_key_has_permission(text, text) IS 'Whether the key this transaction was authenticated with grants action on resource';
-COMMENT ON FUNCTION api_key.caller_token() IS 'Internal: a token naming the calling role for this transaction (see docs/security.md)';
-COMMENT ON FUNCTION api_key.caller_is_service(bigint) IS 'Internal: whether the role behind a caller token may act as the service';
-COMMENT ON FUNCTION api_key.caller_role(bigint) IS 'Internal: the role behind a caller token, for the audit log';
-COMMENT ON FUNCTION api_key.new_secret(text, integer, text) IS 'Internal: a new key, its display start, index lookup value and Argon2 hash';
-COMMENT ON FUNCTION api_key.may_read(text, text) IS 'Row-level-security test for reading keys of a reference (remembered per statement)';
-COMMENT ON FUNCTION api_key.permissions_problem(jsonb) IS 'Why a value is not a permissions object ({"resource": ["action", …]}), or NULL';
+COMMENT ON FUNCTION api_key.actor() IS 'The actor of this transaction (api_key.actor), or NULL';
+COMMENT ON FUNCTION api_key.may(text, text, text) IS 'Policy test: may the current actor (or the service) create/read/update/delete keys of this reference? Remembered per statement.';
+COMMENT ON FUNCTION api_key.is_member(text) IS 'Policy test: is the current actor a member of this organization?';
+COMMENT ON FUNCTION api_key.creator_left(text, text) IS 'For keys_without_creator: has a key''s creator left its organization? NULL unless the current actor may read the organization''s keys.';

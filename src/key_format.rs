@@ -36,16 +36,27 @@ fn is_base62(c: u8) -> bool {
     c.is_ascii_alphanumeric()
 }
 
-/// A prefix is what a scanner greps for: ASCII letters, digits and `_`/`-` only.
+/// A prefix is what a scanner greps for, and where a key's body begins must be plain: empty,
+/// or up to 32 ASCII letters, digits, `_` and `-` that start with a letter and end with `_`
+/// or `-` (`sk_live_`, `ak-`).
 pub fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.is_empty() {
+        return None;
+    }
     if prefix.len() > MAX_PREFIX_LEN {
-        return Some("is longer than 32 characters");
+        return Some("must be at most 32 characters long");
     }
     if !prefix
         .bytes()
         .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
     {
         return Some("may contain only ASCII letters, digits, '_' and '-'");
+    }
+    if !prefix.as_bytes()[0].is_ascii_alphabetic() {
+        return Some("must start with a letter");
+    }
+    if !prefix.ends_with(['_', '-']) {
+        return Some("must end with '_' or '-', so that a key's prefix can be told from its body");
     }
     None
 }
@@ -154,7 +165,7 @@ mod tests {
 
     #[test]
     fn generated_keys_parse_and_carry_their_prefix() {
-        for prefix in ["sk_live_", "", "ak-", "X"] {
+        for prefix in ["sk_live_", "", "ak-", "X_"] {
             let k = generate(prefix, 32);
             assert!(k.key.starts_with(prefix));
             assert_eq!(k.key.len(), prefix.len() + 32 + CHECKSUM_LEN);
@@ -224,8 +235,12 @@ mod tests {
     #[test]
     fn prefixes_are_checked() {
         assert!(prefix_problem("sk_live_").is_none());
-        assert!(prefix_problem("has space").is_some());
-        assert!(prefix_problem("quote'").is_some());
-        assert!(prefix_problem(&"a".repeat(33)).is_some());
+        assert!(prefix_problem("ak-").is_none());
+        assert!(prefix_problem("").is_none());
+        assert!(prefix_problem("has space_").is_some());
+        assert!(prefix_problem("quote'_").is_some());
+        assert!(prefix_problem("123_").is_some());
+        assert!(prefix_problem("sk").is_some());
+        assert!(prefix_problem(&format!("{}_", "a".repeat(32))).is_some());
     }
 }

@@ -1,73 +1,51 @@
 //! api_key: API keys managed inside PostgreSQL.
 //!
-//! The pure logic (key format, hashing, permission matching, rate-limit arithmetic) lives in
-//! plain modules with ordinary tests; `verify` holds the hot path of `api_key_verify`; the
-//! management functions are SQL (`sql/*.sql`) calling the few Rust primitives they need.
+//! - Pure logic, with plain tests: `key_format`, `hashing`, `key_id`, `permissions`,
+//!   `calendar`, `rate_limit`, `rules`.
+//! - `access`: who may do what; the only place that decides, and the only one that runs
+//!   application code (`access::application_code`).
+//! - `manage`: the management functions (create, update, rotate, revoke, list, configurations,
+//!   registration), each a thin `#[pg_extern]` over the rules and the access layer.
+//! - `verify`: the hot path of `api_key_verify` / `api_key_authenticate`.
+//! - `pg`: the few places that touch PostgreSQL internals (privileged execution,
+//!   subtransactions, jsonb, clocks, version differences).
+//!
+//! docs/architecture.md follows one management call and one verification through them.
 #![deny(ffi_unwind_calls)]
-
-use pgrx::prelude::*;
 
 #[cfg(not(panic = "unwind"))]
 compile_error!("api_key needs panic = \"unwind\": pgrx turns panics into Postgres errors");
 
 ::pgrx::pg_module_magic!(name, version);
 
-pub mod caller;
-pub mod context;
-pub mod errors;
+pub mod access;
+pub mod calendar;
+pub mod error;
 pub mod gucs;
 pub mod hashing;
 pub mod key_format;
-pub mod last_used;
-pub mod lookup;
+pub mod key_id;
+pub mod manage;
 pub mod permissions;
-pub mod primitives;
+pub mod pg;
 pub mod rate_limit;
-pub mod rate_limit_shmem;
-pub mod run_as_owner;
-pub mod usage;
+pub mod rules;
 pub mod verify;
-pub mod visibility;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
-extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!(
-    "../sql/access.sql",
-    name = "access",
-    requires = [
-        caller::api_key::caller_token,
-        caller::api_key::caller_is_service,
-        caller::api_key::caller_role,
-        primitives::api_key::new_secret,
-        primitives::api_key::permissions_problem,
-        run_as_owner::api_key::call_authorizer,
-        run_as_owner::api_key::member_role_from,
-    ]
-);
-extension_sql_file!("../sql/keys.sql", name = "keys", requires = ["access"]);
-extension_sql_file!(
-    "../sql/key_changes.sql",
-    name = "key_changes",
-    requires = ["keys"]
-);
-extension_sql_file!(
-    "../sql/configs.sql",
-    name = "configs",
-    requires = ["access", "keys"]
-);
-extension_sql_file!(
-    "../sql/security.sql",
-    name = "security",
-    requires = ["keys", "key_changes", "configs"],
-    finalize
-);
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
-#[pg_guard]
+#[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    rate_limit_shmem::init();
+    verify::rate_limit_shmem::init();
+    // pgrx's panic hook captures a backtrace when RUST_BACKTRACE is set in the server's
+    // environment, and reports it in the DETAIL of the error a client sees. Errors of this
+    // extension carry a SQLSTATE and a message written for people: never a backtrace.
+    std::panic::set_hook(Box::new(|_| {}));
 }
 
 /// Required by `cargo pgrx test`.

@@ -1,13 +1,13 @@
 //! Rate-limit arithmetic. The algorithm is a fixed window per key that opens at the first
 //! admitted verification: up to `max` verifications are admitted until `window` has passed
-//! since it opened; the next verification after that opens a new window. Only admitted
-//! verifications count, so a refused call never costs allowance. The counting itself is one
-//! row per key in an UNLOGGED table, updated under its row lock (see `verify.rs`).
+//! since it opened (as the calendar counts: `calendar.rs`); the next verification after that
+//! opens a new window. Only admitted verifications count, so a refused call never costs
+//! allowance. Counting happens in shared memory or a table (`verify/usage.rs`).
 
-/// Milliseconds until the window that opened at `window_start` closes, rounded up so that a
-/// client that sleeps that long is admitted. All times in microseconds.
-pub fn retry_after_ms(window_start: i64, window: i64, now: i64) -> i64 {
-    let left = window_start.saturating_add(window).saturating_sub(now);
+/// Milliseconds until a window that ends at `window_end` closes, rounded up so that a client
+/// that sleeps that long is admitted. Times in microseconds.
+pub fn retry_after_ms(window_end: i64, now: i64) -> i64 {
+    let left = window_end.saturating_sub(now);
     if left <= 0 {
         0
     } else {
@@ -26,15 +26,12 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_and_never_goes_negative() {
-        assert_eq!(retry_after_ms(0, 1_000_000, 0), 1000);
-        assert_eq!(retry_after_ms(0, 1_000_000, 999_999), 1);
-        assert_eq!(retry_after_ms(0, 1_000_000, 999_001), 1);
-        assert_eq!(retry_after_ms(0, 1_000_000, 1_000_000), 0);
-        assert_eq!(retry_after_ms(0, 1_000_000, 5_000_000), 0);
-        assert_eq!(
-            retry_after_ms(i64::MAX - 1, i64::MAX, 0),
-            i64::MAX / 1000 + 1
-        );
+        assert_eq!(retry_after_ms(1_000_000, 0), 1000);
+        assert_eq!(retry_after_ms(1_000_000, 999_999), 1);
+        assert_eq!(retry_after_ms(1_000_000, 999_001), 1);
+        assert_eq!(retry_after_ms(1_000_000, 1_000_000), 0);
+        assert_eq!(retry_after_ms(1_000_000, 5_000_000), 0);
+        assert_eq!(retry_after_ms(i64::MAX, -1), i64::MAX / 1000 + 1);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! holds it, so `SET`/`set_config` cannot forge it; and a new transaction (the next client of
 //! a pooled connection) has a new local transaction id, so it sees nothing without a callback.
 
-use crate::caller::local_xid;
-use crate::permissions;
+use crate::permissions::Permissions;
+use crate::pg::compat::local_xid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::RefCell;
@@ -18,7 +18,7 @@ pub struct Binding {
     pub key_id: Uuid,
     pub reference_type: String,
     pub reference_id: String,
-    pub permissions: Option<serde_json::Value>,
+    pub permissions: Permissions,
 }
 
 thread_local! {
@@ -88,5 +88,5 @@ fn api_key_has_permission(resource: Option<&str>, action: Option<&str>) -> bool 
     let (Some(resource), Some(action)) = (resource, action) else {
         return false;
     };
-    with_current(|b| permissions::holds(b.permissions.as_ref(), resource, action)).unwrap_or(false)
+    with_current(|b| b.permissions.holds(resource, action)).unwrap_or(false)
 }

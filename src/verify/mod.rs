@@ -1,23 +1,35 @@
 //! `api_key_verify` and `api_key_authenticate`: the hot path, in one file.
 //!
-//! Order of checks (DESIGN.md): format and checksum (no table touched) → exists → enabled →
-//! expiry → permissions → rate limit → credits. A refused verification consumes neither
-//! credits nor rate-limit allowance.
+//! Order of checks (docs/reference.md): format and checksum (no table touched) → exists →
+//! enabled → expiry → permissions → rate limit → credits. A refused verification consumes
+//! neither credits nor rate-limit allowance. Every time-based check uses the wall clock at
+//! the verification (`pg::clock`), not the transaction's start.
 //!
 //! Cost: the key is read by two primary-key index probes without SQL (`lookup.rs`). A key
 //! with a rate limit adds a few hundred nanoseconds in shared memory when the library is
 //! preloaded, else one upsert of an UNLOGGED row; a key with credits adds one guarded UPDATE,
 //! durable because credits must survive a crash.
 
-use crate::errors::{raise, raise_with_detail, raise_with_hint};
+pub mod binding;
+pub mod last_used;
+pub mod lookup;
+pub mod rate_limit_shmem;
+pub mod usage;
+
+use crate::calendar;
+use crate::error::{Error, OrRaise};
 use crate::hashing;
-use crate::lookup::{self, StoredKey};
-use crate::usage::{self, Admission};
-use crate::{context, key_format, last_used, permissions, rate_limit, rate_limit_shmem};
+use crate::key_format;
+use crate::permissions::Permissions;
+use crate::pg::clock;
+use crate::pg::jsonb::{self, Jsonb};
+use crate::rate_limit;
+use lookup::StoredKey;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgTupleDesc, Uuid};
+use pgrx::{PgTupleDesc, Uuid};
 use std::cell::Cell;
+use usage::Admission;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -81,20 +93,21 @@ thread_local! {
     static RESULT_TYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-fn check_arguments(requested: Option<&JsonB>, cost: i32) {
+/// The requested permissions and cost, checked: 22023 for a malformed request, 22004 for a
+/// NULL cost. (The key argument never raises.)
+fn requested(permissions: Option<Jsonb>, cost: Option<i32>) -> Result<(Option<Permissions>, i32), Error> {
+    let cost = cost.ok_or_else(|| Error::null("cost"))?;
     if cost < 0 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "cost must not be negative",
-        );
+        return Err(Error::invalid("cost must not be negative"));
     }
-    if let Some(problem) = requested.and_then(|r| permissions::shape_problem(&r.0)) {
-        raise_with_hint(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("permissions {problem}"),
-            r#"Ask like {"files": ["read"]}."#,
-        );
-    }
+    let permissions = permissions
+        .map(|p| {
+            jsonb::permissions(p).map_err(|problem| {
+                Error::invalid(format!("permissions {problem}")).hint(r#"Ask like {"files": ["read"]}."#)
+            })
+        })
+        .transpose()?;
+    Ok((permissions, cost))
 }
 
 fn find(key: &str) -> Option<StoredKey> {
@@ -112,21 +125,20 @@ fn find(key: &str) -> Option<StoredKey> {
     hashing::argon2id_verify(parsed.key, hash).then_some(found)
 }
 
-fn held_permissions(key: &StoredKey) -> Option<serde_json::Value> {
-    // SAFETY: the datum is a detoasted jsonb copy.
-    key.permissions
-        .and_then(|d| unsafe { JsonB::from_datum(d, false) })
-        .map(|j| j.0)
+/// What a stored key's permissions grant.
+fn held(key: &StoredKey) -> Permissions {
+    // SAFETY: the datum is a detoasted jsonb copy made by `lookup`.
+    jsonb::held_permissions(key.permissions.map(|d| unsafe { Jsonb::from_raw(d) }))
 }
 
 /// Verify `key`; the shared core of `api_key_verify` and `api_key_authenticate`.
 pub fn verify(
     key: Option<&str>,
-    requested: Option<JsonB>,
-    cost: i32,
+    permissions: Option<Jsonb>,
+    cost: Option<i32>,
     config_id: Option<&str>,
 ) -> Outcome {
-    check_arguments(requested.as_ref(), cost);
+    let (asked, cost) = requested(permissions, cost).or_raise();
     let Some(found) = key.and_then(find) else {
         return Outcome::not_found();
     };
@@ -137,13 +149,12 @@ pub fn verify(
     if !found.enabled {
         return Outcome::with_key(Code::Disabled, found);
     }
-    // SAFETY: reads the transaction start time, i.e. now().
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let now = clock::now();
     if found.expires_at.is_some_and(|at| now >= at) {
         return Outcome::with_key(Code::Expired, found);
     }
-    if let Some(req) = &requested {
-        if !permissions::grants(held_permissions(&found).as_ref(), &req.0) {
+    if let Some(asked) = &asked {
+        if !held(&found).grants(asked) {
             return Outcome::with_key(Code::InsufficientPermissions, found);
         }
     }
@@ -153,16 +164,19 @@ pub fn verify(
         usage::require_read_write();
     }
     let key_id = Uuid::from_bytes(found.id);
-    let (rate_limit, has_credits, last_used_at) = (
-        found.rate_limit,
-        found.remaining.is_some(),
-        found.last_used_at,
-    );
+    let refill_due = found.refill_interval.and_then(|interval| {
+        let since = found.last_refill_at.unwrap_or(found.created_at);
+        calendar::add(since, interval)
+            .is_some_and(|at| at <= now)
+            .then_some(since)
+    });
+    let (rate_limit, has_credits, last_used_at) =
+        (found.rate_limit, found.remaining.is_some(), found.last_used_at);
     let mut out = Outcome::with_key(Code::Valid, found);
 
     let mut counted = None;
     if let Some((max, window)) = rate_limit {
-        match usage::admit(key_id, max, window) {
+        match usage::admit(key_id, max, window, now) {
             Admission::Admitted { admitted, counter } => {
                 out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
                 counted = Some(counter);
@@ -176,11 +190,11 @@ pub fn verify(
         }
     }
     if has_credits {
-        match usage::spend(key_id, cost) {
+        match usage::spend(key_id, cost, refill_due, now) {
             Ok(left) => out.remaining = left,
             Err(left) => {
                 if let Some(counter) = counted {
-                    usage::undo_admission(key_id, counter);
+                    usage::undo_admission(key_id, counter, now);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
                 out.remaining = left;
@@ -189,11 +203,14 @@ pub fn verify(
             }
         }
     }
-    last_used::record(key_id, last_used_at);
+    last_used::record(key_id, last_used_at, now);
     out
 }
 
 fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
+    fn missing<T>() -> T {
+        Error::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type api_key.verification is missing").raise()
+    }
     let mut oid = RESULT_TYPE.with(|c| c.get());
     // The type is re-created with the extension: a cached OID that no longer names a row type
     // is looked up again (a syscache probe).
@@ -201,22 +218,12 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     if oid == pg_sys::InvalidOid || unsafe { pg_sys::get_typ_typrelid(oid) } == pg_sys::InvalidOid {
         oid = PgTupleDesc::for_composite_type("api_key.verification")
             .map(|d| d.oid())
-            .unwrap_or_else(|| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-                    "type api_key.verification is missing",
-                )
-            });
+            .unwrap_or_else(missing);
         RESULT_TYPE.with(|c| c.set(oid));
     }
-    let desc = PgTupleDesc::for_composite_type_by_oid(oid).unwrap_or_else(|| {
-        raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            "type api_key.verification is missing",
-        )
-    });
+    let desc = PgTupleDesc::for_composite_type_by_oid(oid).unwrap_or_else(missing);
     let k = out.key.as_ref();
-    let expires_at = k.and_then(|k| k.expires_at).map(|t| pg_sys::Datum::from(t));
+    let expires_at = k.and_then(|k| k.expires_at).map(pg_sys::Datum::from);
     let datums = [
         (out.code == Code::Valid).into_datum(),
         out.code.as_str().into_datum(),
@@ -235,25 +242,23 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     // SAFETY: the datums follow the column types of api_key.verification, in order (jsonb
     // values are detoasted copies; expires_at is a timestamptz by value).
     unsafe { PgHeapTuple::from_datums(desc, datums) }.unwrap_or_else(|e| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("api_key: {e}"),
-        )
+        Error::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api_key: {e}")).raise()
     })
 }
 
 /// Verify an API key: exactly one row, never an error for any key value.
 ///
-/// SECURITY DEFINER without a `SET search_path` clause: the reads resolve no names through the
-/// search path (`lookup.rs`), and the writes run under `with_pinned_search_path`.
+/// SECURITY DEFINER without a `SET search_path` clause: the reads resolve no names
+/// (`lookup.rs`), and the few statements that write name everything with its schema
+/// (`usage.rs`).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 fn api_key_verify(
     key: Option<&str>,
-    permissions: default!(Option<JsonB>, "NULL"),
+    permissions: default!(Option<Jsonb>, "NULL"),
     cost: default!(Option<i32>, 1),
     config_id: default!(Option<&str>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.verification") {
-    result_tuple(verify(key, permissions, cost.unwrap_or(1), config_id))
+    result_tuple(verify(key, permissions, cost, config_id))
 }
 
 /// Verify a key and bind the current transaction to it, for row-level-security policies.
@@ -261,26 +266,27 @@ fn api_key_verify(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 fn api_key_authenticate(
     key: Option<&str>,
-    permissions: default!(Option<JsonB>, "NULL"),
+    permissions: default!(Option<Jsonb>, "NULL"),
     cost: default!(Option<i32>, 1),
     config_id: default!(Option<&str>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.verification") {
-    let out = verify(key, permissions, cost.unwrap_or(1), config_id);
+    let out = verify(key, permissions, cost, config_id);
     let Some(found) = out.key.as_ref().filter(|_| out.code == Code::Valid) else {
-        raise_with_detail(
+        Error::new(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
             format!("API key not accepted: {}", out.code.as_str()),
-            format!("code={}", out.code.as_str()),
-        );
+        )
+        .detail(format!("code={}", out.code.as_str()))
+        .raise();
     };
-    context::bind(context::Binding {
-        lxid: crate::caller::local_xid(),
+    binding::bind(binding::Binding {
+        lxid: crate::pg::compat::local_xid(),
         // SAFETY: reads backend state.
         subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
         key_id: Uuid::from_bytes(found.id),
         reference_type: found.reference_type.clone(),
         reference_id: found.reference_id.clone(),
-        permissions: held_permissions(found),
+        permissions: held(found),
     });
     result_tuple(out)
 }

@@ -9,6 +9,7 @@
 //! so a dropped and re-created extension is picked up at once; column numbers are found by
 //! name and cached per relation OID.
 
+use crate::calendar::Interval;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::FromDatum;
 use std::cell::RefCell;
@@ -29,7 +30,10 @@ pub struct StoredKey {
     pub permissions: Option<Datum>,
     pub metadata: Option<Datum>,
     pub remaining: Option<i64>,
-    pub rate_limit: Option<(i32, i64)>,
+    pub rate_limit: Option<(i32, Interval)>,
+    pub refill_interval: Option<Interval>,
+    pub last_refill_at: Option<i64>,
+    pub created_at: i64,
     pub last_used_at: Option<i64>,
 }
 
@@ -54,6 +58,9 @@ struct KeyColumns {
     rate_limit_enabled: i32,
     rate_limit_max: i32,
     rate_limit_window: i32,
+    refill_interval: i32,
+    last_refill_at: i32,
+    created_at: i32,
     last_used_at: i32,
 }
 
@@ -65,13 +72,14 @@ unsafe fn attnum(relid: Oid, name: &CStr) -> i32 {
     // SAFETY: plain syscache lookup.
     let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) } as i32;
     if n <= 0 {
-        crate::errors::raise(
+        crate::error::Error::new(
             pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!(
                 "api_key: column {} is missing; reinstall the extension",
                 name.to_string_lossy()
             ),
-        );
+        )
+        .raise();
     }
     n
 }
@@ -103,6 +111,9 @@ fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
                 rate_limit_enabled: attnum(keys, c"rate_limit_enabled"),
                 rate_limit_max: attnum(keys, c"rate_limit_max"),
                 rate_limit_window: attnum(keys, c"rate_limit_window"),
+                refill_interval: attnum(keys, c"refill_interval"),
+                last_refill_at: attnum(keys, c"last_refill_at"),
+                created_at: attnum(keys, c"created_at"),
                 last_used_at: attnum(keys, c"last_used_at"),
             },
         )
@@ -115,13 +126,14 @@ fn relation(namespace: Oid, name: &CStr) -> Oid {
     // SAFETY: plain syscache lookup.
     let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
     if oid == pg_sys::InvalidOid {
-        crate::errors::raise(
+        crate::error::Error::new(
             pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             format!(
                 "api_key: relation api_key.{} is missing; reinstall the extension",
                 name.to_string_lossy()
             ),
-        );
+        )
+        .raise();
     }
     oid
 }
@@ -220,12 +232,12 @@ impl UniqueProbe {
             .map(|d| unsafe { Datum::from(pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr())) })
     }
 
-    /// An interval in microseconds (months as 30 days, as `extract(epoch …)` does).
-    fn interval_micros(&self, attnum: i32) -> Option<i64> {
+    /// An interval as PostgreSQL stores it: months, days and microseconds.
+    fn interval(&self, attnum: i32) -> Option<Interval> {
         self.get(attnum).map(|d| {
             // SAFETY: the column is of type interval (passed by reference).
             let i = unsafe { *d.cast_mut_ptr::<pg_sys::Interval>() };
-            i.time + (i.day as i64 + i.month as i64 * 30) * 86_400_000_000
+            Interval::new(i.month, i.day, i.time)
         })
     }
 }
@@ -375,7 +387,7 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
             Some((
                 key.get(kc.rate_limit_max)
                     .map_or(i32::MAX, |d| d.value() as i32),
-                key.interval_micros(kc.rate_limit_window).unwrap_or(0),
+                key.interval(kc.rate_limit_window).unwrap_or_default(),
             ))
         } else {
             None
@@ -397,6 +409,9 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
             metadata: key.varlena_copy(kc.metadata),
             remaining: key.int8(kc.remaining),
             rate_limit,
+            refill_interval: key.interval(kc.refill_interval),
+            last_refill_at: key.int8(kc.last_refill_at),
+            created_at: key.int8(kc.created_at).unwrap_or(0),
             last_used_at: key.int8(kc.last_used_at),
         })
     }

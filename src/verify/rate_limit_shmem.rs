@@ -5,6 +5,10 @@
 //! the semantics are the same (fixed window opened by the first admitted call, see
 //! `rate_limit.rs`). Both forget the current windows when the server restarts.
 //!
+//! Windows belong to a key *in a database*: a slot is identified by the key id and the
+//! database's oid, so a restored copy of a database in the same cluster (same key ids) counts
+//! its own windows.
+//!
 //! Layout: `PARTITIONS` partitions, each an open-addressing table of `Slot`s guarded by its own
 //! LWLock. A slot whose window has closed is free for reuse; slots never return to empty, so a
 //! key, when present, always sits before the first empty slot of its probe sequence. A key that
@@ -12,6 +16,7 @@
 //! wrong.
 
 use crate::gucs::RATE_LIMIT_SLOTS;
+use pgrx::pg_sys::Oid;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
@@ -27,7 +32,7 @@ struct Slot {
     /// Microseconds (Postgres epoch) when the window closes.
     window_end: i64,
     admitted: i32,
-    _pad: i32,
+    database: Oid,
 }
 
 struct Shared {
@@ -123,9 +128,15 @@ pub enum Decision {
     NoRoom,
 }
 
-/// Runs `f` on the partition of `key` under its exclusive lock, with the slot index of the key
-/// (or of a reusable slot) found by probing.
+fn database() -> Oid {
+    // SAFETY: reads a backend-global set at connection.
+    unsafe { pg_sys::MyDatabaseId }
+}
+
+/// Runs `f` on the partition of `key` (in this database) under its exclusive lock, with the
+/// slot of the key (or a reusable slot) found by probing.
 fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool) -> R) -> R {
+    let database = database();
     // SAFETY: `available()` was checked by the caller; the slots of a partition are only
     // touched under that partition's LWLock; nothing inside can raise an ERROR (pure Rust
     // arithmetic), so the lock is always released by the code below.
@@ -134,7 +145,8 @@ fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool
         let shared = (*(&raw const SHARED))
             .as_ref()
             .expect("shared memory is initialised");
-        let hash = u64::from_le_bytes(key[..8].try_into().unwrap_or([0; 8]));
+        let hash = u64::from_le_bytes(key[8..].try_into().unwrap_or([0; 8]))
+            ^ (database.to_u32() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let partition = (hash % PARTITIONS as u64) as usize;
         let base = shared.slots.add(partition * shared.per_partition);
         let lock = &raw mut (*shared.locks.add(partition)).lock;
@@ -145,7 +157,7 @@ fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool
         for step in 0..MAX_PROBE.min(shared.per_partition) {
             let i = (start + step) % shared.per_partition;
             let slot = &*base.add(i);
-            if slot.key == *key {
+            if slot.key == *key && slot.database == database {
                 hit = Some(i);
                 break;
             }
@@ -167,8 +179,9 @@ fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool
     }
 }
 
-/// Admit one verification of `key` if its window allows it. Times in microseconds.
-pub fn admit(key: &[u8; 16], max: i32, window: i64, now: i64) -> Decision {
+/// Admit one verification of `key` if its window allows it; a window opened now ends at
+/// `window_end`. Times in microseconds.
+pub fn admit(key: &[u8; 16], max: i32, window_end: i64, now: i64) -> Decision {
     with_slot(key, now, |slot, is_key| match slot {
         None => Decision::NoRoom,
         Some(slot) => {
@@ -182,9 +195,9 @@ pub fn admit(key: &[u8; 16], max: i32, window: i64, now: i64) -> Decision {
             } else {
                 *slot = Slot {
                     key: *key,
-                    window_end: now.saturating_add(window),
+                    window_end,
                     admitted: 1,
-                    _pad: 0,
+                    database: database(),
                 };
             }
             Decision::Admitted {

@@ -1,0 +1,240 @@
+//! Calendar arithmetic on PostgreSQL timestamps, in UTC: `timestamp + interval` exactly as
+//! PostgreSQL computes it for `timestamp` (months first, clamped to the month's last day; then
+//! days; then the time part), with every overflow checked. A month is a calendar month, not
+//! 30 days. UTC, not the session's `TimeZone`: a key's windows and refills must not depend on
+//! which client's session happens to verify it.
+//!
+//! Timestamps are microseconds since 2000-01-01 00:00 UTC (PostgreSQL's epoch); `i64::MIN` and
+//! `i64::MAX` are `-infinity` and `infinity`. Pure: tested against PostgreSQL by `tests.rs`.
+
+/// A PostgreSQL interval: months, days and microseconds, kept apart as PostgreSQL keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interval {
+    pub months: i32,
+    pub days: i32,
+    pub micros: i64,
+}
+
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+const POSTGRES_EPOCH_JDATE: i64 = 2_451_545; // date2j(2000, 1, 1)
+/// The first and one-past-last valid timestamps (4714-11-24 BC and 294277-01-01 AD).
+const MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
+const END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
+
+pub const NEGATIVE_INFINITY: i64 = i64::MIN;
+pub const INFINITY: i64 = i64::MAX;
+
+impl Interval {
+    pub const fn new(months: i32, days: i32, micros: i64) -> Self {
+        Interval {
+            months,
+            days,
+            micros,
+        }
+    }
+
+    pub const fn years(n: i32) -> Self {
+        Interval::new(n * 12, 0, 0)
+    }
+
+    /// The length PostgreSQL uses to compare intervals (`interval_cmp`): a month counts as 30
+    /// days and a day as 24 hours. Only for ordering and bounds, never for arithmetic.
+    pub fn comparable(&self) -> i128 {
+        (self.months as i128 * 30 + self.days as i128) * MICROS_PER_DAY as i128
+            + self.micros as i128
+    }
+
+    /// Strictly positive as PostgreSQL compares intervals (`interval > '0'`).
+    pub fn is_positive(&self) -> bool {
+        self.comparable() > 0
+    }
+}
+
+/// Julian day number of a Gregorian date (PostgreSQL's `date2j`).
+fn date2j(year: i64, month: i64, day: i64) -> i64 {
+    let (mut y, mut m) = (year, month);
+    if m > 2 {
+        m += 1;
+        y += 4800;
+    } else {
+        m += 13;
+        y += 4799;
+    }
+    let century = y / 100;
+    let mut julian = y * 365 - 32167;
+    julian += y / 4 - century + century / 4;
+    julian += 7834 * m / 256 + day;
+    julian
+}
+
+/// Gregorian date of a Julian day number (PostgreSQL's `j2date`).
+fn j2date(jd: i64) -> (i64, i64, i64) {
+    let mut julian = jd + 32044;
+    let mut quad = julian / 146_097;
+    let extra = (julian - quad * 146_097) * 4 + 3;
+    julian += 60 + quad * 3 + extra / 146_097;
+    quad = julian / 1461;
+    julian -= quad * 1461;
+    let mut y = julian * 4 / 1461;
+    julian = if y != 0 {
+        (julian + 305) % 365
+    } else {
+        (julian + 306) % 366
+    } + 123;
+    y += quad * 4;
+    let year = y - 4800;
+    let quad = julian * 2141 / 65536;
+    let day = julian - 7834 * quad / 256;
+    let month = (quad + 10) % 12 + 1;
+    (year, month, day)
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Splits a finite timestamp into its Julian day and the microseconds into that day.
+fn split(ts: i64) -> (i64, i64) {
+    let day = ts.div_euclid(MICROS_PER_DAY);
+    (day + POSTGRES_EPOCH_JDATE, ts.rem_euclid(MICROS_PER_DAY))
+}
+
+fn join(julian: i64, time: i64) -> Option<i64> {
+    (julian - POSTGRES_EPOCH_JDATE)
+        .checked_mul(MICROS_PER_DAY)?
+        .checked_add(time)
+}
+
+fn in_range(ts: i64) -> Option<i64> {
+    (MIN_TIMESTAMP..END_TIMESTAMP).contains(&ts).then_some(ts)
+}
+
+/// `ts + interval` in UTC, or `None` when the result is outside PostgreSQL's timestamp range.
+/// Infinite timestamps stay as they are, as in PostgreSQL.
+pub fn add(ts: i64, interval: Interval) -> Option<i64> {
+    if ts == INFINITY || ts == NEGATIVE_INFINITY {
+        return Some(ts);
+    }
+    in_range(ts)?;
+    let mut ts = ts;
+    if interval.months != 0 {
+        let (julian, time) = split(ts);
+        let (year, month, day) = j2date(julian);
+        let months = year * 12 + (month - 1) + interval.months as i64;
+        let (year, month) = (months.div_euclid(12), months.rem_euclid(12) + 1);
+        if !(-4713..=294_277).contains(&year) {
+            return None;
+        }
+        let day = day.min(days_in_month(year, month));
+        ts = in_range(join(date2j(year, month, day), time)?)?;
+    }
+    if interval.days != 0 {
+        let (julian, time) = split(ts);
+        ts = in_range(join(julian + interval.days as i64, time)?)?;
+    }
+    in_range(ts.checked_add(interval.micros)?)
+}
+
+/// `ts - interval`, as PostgreSQL computes it (adding the negated interval).
+pub fn subtract(ts: i64, interval: Interval) -> Option<i64> {
+    add(
+        ts,
+        Interval::new(
+            interval.months.checked_neg()?,
+            interval.days.checked_neg()?,
+            interval.micros.checked_neg()?,
+        ),
+    )
+}
+
+/// Unix microseconds of a PostgreSQL timestamp.
+pub fn to_unix_micros(ts: i64) -> i64 {
+    ts.saturating_add(946_684_800_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // 2024-01-31 12:00 UTC
+    const JAN_31_2024_NOON: i64 = (date2j_const(2024, 1, 31) - POSTGRES_EPOCH_JDATE)
+        * MICROS_PER_DAY
+        + 12 * 3_600_000_000;
+
+    const fn date2j_const(y: i64, m: i64, d: i64) -> i64 {
+        let (mut y, mut m) = (y, m);
+        if m > 2 {
+            m += 1;
+            y += 4800;
+        } else {
+            m += 13;
+            y += 4799;
+        }
+        let century = y / 100;
+        y * 365 - 32167 + y / 4 - century + century / 4 + 7834 * m / 256 + d
+    }
+
+    fn ymd(ts: i64) -> (i64, i64, i64) {
+        j2date(split(ts).0)
+    }
+
+    #[test]
+    fn epoch_is_2000_01_01() {
+        assert_eq!(ymd(0), (2000, 1, 1));
+        assert_eq!(date2j(2000, 1, 1), POSTGRES_EPOCH_JDATE);
+    }
+
+    #[test]
+    fn julian_days_round_trip() {
+        for jd in (0..3_000_000).step_by(997) {
+            let (y, m, d) = j2date(jd);
+            assert_eq!(date2j(y, m, d), jd);
+        }
+    }
+
+    #[test]
+    fn a_month_is_a_calendar_month_clamped_to_its_last_day() {
+        let feb = add(JAN_31_2024_NOON, Interval::new(1, 0, 0)).unwrap();
+        assert_eq!(ymd(feb), (2024, 2, 29));
+        let feb_2023 = add(JAN_31_2024_NOON, Interval::new(-11, 0, 0)).unwrap();
+        assert_eq!(ymd(feb_2023), (2023, 2, 28));
+        let year = add(JAN_31_2024_NOON, Interval::years(1)).unwrap();
+        assert_eq!(ymd(year), (2025, 1, 31));
+        assert_eq!(split(feb).1, 12 * 3_600_000_000);
+    }
+
+    #[test]
+    fn months_then_days_then_time() {
+        // PostgreSQL: '2024-01-31' + '1 month 1 day' = '2024-03-01'.
+        let t = add(JAN_31_2024_NOON, Interval::new(1, 1, 0)).unwrap();
+        assert_eq!(ymd(t), (2024, 3, 1));
+        let t = add(JAN_31_2024_NOON, Interval::new(0, 0, 12 * 3_600_000_000)).unwrap();
+        assert_eq!(ymd(t), (2024, 2, 1));
+    }
+
+    #[test]
+    fn overflow_is_none_and_infinity_stays() {
+        assert_eq!(add(JAN_31_2024_NOON, Interval::years(300_000)), None);
+        assert_eq!(add(JAN_31_2024_NOON, Interval::new(0, i32::MAX, 0)), None);
+        assert_eq!(add(JAN_31_2024_NOON, Interval::new(0, 0, i64::MAX)), None);
+        assert_eq!(add(INFINITY, Interval::years(1)), Some(INFINITY));
+        assert_eq!(add(NEGATIVE_INFINITY, Interval::years(1)), Some(NEGATIVE_INFINITY));
+        assert_eq!(subtract(0, Interval::new(i32::MIN, 0, 0)), None);
+    }
+
+    #[test]
+    fn comparison_counts_a_month_as_30_days() {
+        assert!(Interval::new(0, 365, 0).comparable() > Interval::years(1).comparable());
+        assert!(Interval::new(0, 0, 1).is_positive());
+        assert!(!Interval::new(1, -30, 0).is_positive());
+    }
+}

@@ -1,0 +1,125 @@
+//! How a user learns of a mistake: a SQLSTATE, a message that names the argument, a hint where
+//! one helps. Never a key, never a panic text, never a backtrace.
+//!
+//! Functions return `Result<T, Error>`; the `#[pg_extern]` layer raises at the very end, after
+//! every switch of user or setting has been undone.
+
+use pgrx::pg_sys::elog::PgLogLevel;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::PgSqlErrorCode;
+
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// 22023: a value that is not acceptable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
+    }
+
+    /// 22004: NULL where a value is required.
+    pub fn null(argument: &str) -> Self {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{argument} must not be null"),
+        )
+    }
+
+    /// 42501: not allowed.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Error::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message)
+    }
+
+    /// P0002: a key that does not exist, or that the caller may not see (the two are not told
+    /// apart, so that an id reveals nothing).
+    pub fn no_such_key(id: &pgrx::Uuid) -> Self {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("API key {id} does not exist"),
+        )
+    }
+
+    /// 42704: an unknown configuration.
+    pub fn no_such_config(id: &str) -> Self {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("configuration \"{}\" does not exist", shorten(id, 64)),
+        )
+        .hint("SELECT id FROM api_key.configs; lists them.")
+    }
+
+    pub fn not_installed() -> Self {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            "the api_key extension is not installed in this database",
+        )
+    }
+
+    pub fn owner_not_superuser() -> Self {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "the owner of the api_key extension is no longer a superuser",
+        )
+        .hint("The extension's functions run their own SQL as the role that ran CREATE EXTENSION, which must stay a superuser.")
+    }
+
+    /// Raises this error; does not return.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.code, self.message, "api_key");
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+/// Raises on `Err`: the last step of every `#[pg_extern]` function.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| e.raise())
+    }
+}
+
+/// At most `chars` characters of a value quoted in a message, so that a 1 MB argument does
+/// not become a 1 MB message.
+pub fn shorten(value: &str, chars: usize) -> String {
+    let mut out: String = value.chars().take(chars).collect();
+    if value.chars().nth(chars).is_some() {
+        out.push('…');
+    }
+    out
+}

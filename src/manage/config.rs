@@ -1,0 +1,263 @@
+//! Configurations: named sets of key format, hashing, expiry bounds, name rules and usage
+//! defaults (`api_key.configs`). Read by every key creation; managed by the service only.
+
+use crate::calendar::Interval;
+use crate::error::{shorten, Error};
+use crate::key_format;
+use crate::permissions::Permissions;
+use crate::pg::clock::interval_from;
+use crate::pg::jsonb::{self, Jsonb};
+use crate::pg::spi;
+use crate::rules::{self, Field, Limits, RateLimit, Refill};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::SpiHeapTupleData;
+
+/// The columns of `api_key.configs` a configuration consists of, in table order (the same
+/// list is the order of `read`).
+pub const COLUMNS: &str = "id, prefix, body_length, hash_algorithm, default_expires_in, min_expires_in, \
+     max_expires_in, name_required, name_min_length, name_max_length, prefix_min_length, \
+     prefix_max_length, metadata_enabled, default_permissions, rate_limit_enabled, rate_limit_max, \
+     rate_limit_window, default_remaining, refill_amount, refill_interval, actor_may_raise";
+
+/// The settings `api_key_config_update` accepts: every column but id and the timestamps.
+pub const SETTINGS: [&str; 20] = [
+    "prefix", "body_length", "hash_algorithm", "default_expires_in", "min_expires_in",
+    "max_expires_in", "name_required", "name_min_length", "name_max_length",
+    "prefix_min_length", "prefix_max_length", "metadata_enabled", "default_permissions",
+    "rate_limit_enabled", "rate_limit_max", "rate_limit_window", "default_remaining",
+    "refill_amount", "refill_interval", "actor_may_raise",
+];
+
+#[derive(Clone)]
+pub struct Config {
+    pub id: String,
+    pub prefix: String,
+    pub body_length: i32,
+    pub hash_algorithm: String,
+    pub default_expires_in: Option<Interval>,
+    pub min_expires_in: Option<Interval>,
+    pub max_expires_in: Option<Interval>,
+    pub name_required: bool,
+    pub name_min_length: i32,
+    pub name_max_length: i32,
+    pub prefix_min_length: i32,
+    pub prefix_max_length: i32,
+    pub metadata_enabled: bool,
+    pub default_permissions: Option<Jsonb>,
+    pub rate_limit_enabled: bool,
+    pub rate_limit_max: Option<i32>,
+    pub rate_limit_window: Option<Interval>,
+    pub default_remaining: Option<i64>,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<Interval>,
+    pub actor_may_raise: Vec<String>,
+}
+
+/// Reads a row whose columns are `COLUMNS`, in order. NOT NULL columns read as their
+/// "unset" value only if a caller bypassed the table (they are checked by `problem`).
+pub fn read(row: &SpiHeapTupleData<'_>) -> Result<Config, Error> {
+    let text = |n| row.get::<String>(n).map(Option::unwrap_or_default);
+    let int = |n| row.get::<i32>(n);
+    let interval = |n| {
+        row.get::<pgrx::datum::Interval>(n)
+            .map(|v| v.map(interval_from))
+    };
+    let flag = |n| row.get::<bool>(n).map(|v| v.unwrap_or(false));
+    Ok(Config {
+        id: text(1).map_err(spi::failed)?,
+        prefix: text(2).map_err(spi::failed)?,
+        body_length: int(3).map_err(spi::failed)?.unwrap_or(0),
+        hash_algorithm: text(4).map_err(spi::failed)?,
+        default_expires_in: interval(5).map_err(spi::failed)?,
+        min_expires_in: interval(6).map_err(spi::failed)?,
+        max_expires_in: interval(7).map_err(spi::failed)?,
+        name_required: flag(8).map_err(spi::failed)?,
+        name_min_length: int(9).map_err(spi::failed)?.unwrap_or(0),
+        name_max_length: int(10).map_err(spi::failed)?.unwrap_or(0),
+        prefix_min_length: int(11).map_err(spi::failed)?.unwrap_or(0),
+        prefix_max_length: int(12).map_err(spi::failed)?.unwrap_or(0),
+        metadata_enabled: flag(13).map_err(spi::failed)?,
+        default_permissions: row.get::<Jsonb>(14).map_err(spi::failed)?,
+        rate_limit_enabled: flag(15).map_err(spi::failed)?,
+        rate_limit_max: int(16).map_err(spi::failed)?,
+        rate_limit_window: interval(17).map_err(spi::failed)?,
+        default_remaining: row.get::<i64>(18).map_err(spi::failed)?,
+        refill_amount: row.get::<i64>(19).map_err(spi::failed)?,
+        refill_interval: interval(20).map_err(spi::failed)?,
+        actor_may_raise: row
+            .get::<Vec<Option<String>>>(21)
+            .map_err(spi::failed)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect(),
+    })
+}
+
+/// The configuration `id`, or 42704. Runs as the extension owner.
+pub fn load(id: &str) -> Result<Config, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM api_key.configs WHERE id OPERATOR(pg_catalog.=) $1");
+    Spi::connect(|client| {
+        let statement = spi::statement(client, &sql, &[pg_sys::TEXTOID], false)?;
+        let rows = client
+            .select(&*statement, Some(1), &[id.into()])
+            .map_err(spi::failed)?;
+        match rows.into_iter().next() {
+            Some(row) => read(&row),
+            None => Err(Error::no_such_config(id)),
+        }
+    })
+}
+
+fn id_problem(id: &str) -> Option<&'static str> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.:-".contains(&c));
+    (!ok).then_some("must be 1 to 64 ASCII letters, digits or _ . : -")
+}
+
+impl Config {
+    /// Why this configuration is not usable, naming the setting. Pure but for reading the
+    /// default permissions' tokens.
+    pub fn problem(&self) -> Option<String> {
+        let lifetime = |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_lifetime(name, v).err());
+        let period = |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_period(name, v).err());
+        let lt = |a: Option<Interval>, b: Option<Interval>| match (a, b) {
+            (Some(a), Some(b)) => a.comparable() < b.comparable(),
+            _ => false,
+        };
+        if let Some(p) = id_problem(&self.id) {
+            return Some(format!("id {p}"));
+        }
+        if let Some(p) = key_format::prefix_problem(&self.prefix) {
+            return Some(format!("prefix {p}"));
+        }
+        let min_body = if self.hash_algorithm == "argon2id" {
+            key_format::MIN_ARGON2_BODY_LEN as i32
+        } else {
+            key_format::MIN_BODY_LEN as i32
+        };
+        if !["sha256", "argon2id"].contains(&self.hash_algorithm.as_str()) {
+            return Some("hash_algorithm must be sha256 or argon2id".into());
+        }
+        if !(min_body..=key_format::MAX_BODY_LEN as i32).contains(&self.body_length) {
+            return Some(format!(
+                "body_length must be between {min_body} and {} for {}",
+                key_format::MAX_BODY_LEN,
+                self.hash_algorithm
+            ));
+        }
+        for (name, value) in [
+            ("default_expires_in", self.default_expires_in),
+            ("min_expires_in", self.min_expires_in),
+            ("max_expires_in", self.max_expires_in),
+        ] {
+            if let Some(p) = lifetime(name, value) {
+                return Some(p);
+            }
+        }
+        if lt(self.max_expires_in, self.min_expires_in) {
+            return Some("min_expires_in must not exceed max_expires_in".into());
+        }
+        if lt(self.default_expires_in, self.min_expires_in) || lt(self.max_expires_in, self.default_expires_in) {
+            return Some("default_expires_in must lie between min_expires_in and max_expires_in".into());
+        }
+        if !(0..=1024).contains(&self.name_min_length) || !(1..=1024).contains(&self.name_max_length) {
+            return Some("name_min_length must be 0 to 1024 and name_max_length 1 to 1024".into());
+        }
+        if self.name_min_length > self.name_max_length {
+            return Some("name_min_length must not exceed name_max_length".into());
+        }
+        let prefix_bounds = 0..=key_format::MAX_PREFIX_LEN as i32;
+        if !prefix_bounds.contains(&self.prefix_min_length) || !prefix_bounds.contains(&self.prefix_max_length) {
+            return Some("prefix_min_length and prefix_max_length must be between 0 and 32".into());
+        }
+        if self.prefix_min_length > self.prefix_max_length {
+            return Some("prefix_min_length must not exceed prefix_max_length".into());
+        }
+        if !(self.prefix_min_length..=self.prefix_max_length).contains(&(self.prefix.len() as i32)) {
+            return Some("prefix must respect prefix_min_length and prefix_max_length".into());
+        }
+        if let Some(p) = self.default_permissions.and_then(|v| jsonb::permissions(v).err()) {
+            return Some(format!("default_permissions {p}"));
+        }
+        if let Err(p) = rules::rate_limit_from(self.rate_limit_enabled, self.rate_limit_max, self.rate_limit_window) {
+            return Some(p);
+        }
+        if let Some(p) = period("rate_limit_window", self.rate_limit_window) {
+            return Some(p);
+        }
+        if let Some(p) = self.default_remaining.and_then(|r| rules::check_remaining("default_remaining", r).err()) {
+            return Some(p);
+        }
+        if let Err(p) = rules::refill_from(self.refill_amount, self.refill_interval) {
+            return Some(p);
+        }
+        if let Some(bad) = self.actor_may_raise.iter().find(|f| Field::from_name(f).is_none()) {
+            return Some(format!(
+                "actor_may_raise: \"{}\" is not one of enabled, expires_at, permissions, remaining, refill, rate_limit",
+                shorten(bad, 32)
+            ));
+        }
+        None
+    }
+
+    /// 22023 with the problem, if there is one.
+    pub fn check(&self) -> Result<(), Error> {
+        match self.problem() {
+            Some(p) => Err(Error::invalid(format!("configuration: {p}"))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn refill(&self) -> Option<Refill> {
+        rules::refill_from(self.refill_amount, self.refill_interval).ok().flatten()
+    }
+
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        rules::rate_limit_from(self.rate_limit_enabled, self.rate_limit_max, self.rate_limit_window)
+            .ok()
+            .flatten()
+    }
+
+    pub fn permissions(&self) -> Permissions {
+        jsonb::held_permissions(self.default_permissions)
+    }
+
+    /// What an actor may create within: the configuration's own defaults.
+    pub fn envelope(&self) -> Limits {
+        let refill = self.refill();
+        Limits {
+            enabled: true,
+            expires_at: None,
+            permissions: self.permissions(),
+            remaining: rules::credits(self.default_remaining, refill),
+            refill,
+            rate_limit: self.rate_limit(),
+        }
+    }
+
+    /// May actors raise `field` past the configuration's (or the key's) value?
+    pub fn actor_may_raise(&self, field: Field) -> bool {
+        self.actor_may_raise.iter().any(|f| f == field.name())
+    }
+
+    /// 42501 when an actor's change lifts a limit this configuration does not let it raise.
+    pub fn check_narrowing(&self, actor: &str, before: &Limits, after: &Limits) -> Result<(), Error> {
+        match rules::lifted(before, after).into_iter().find(|f| !self.actor_may_raise(*f)) {
+            None => Ok(()),
+            Some(field) => Err(Error::denied(format!(
+                "actor \"{}\" may not {}: usage limits and permissions are set by the service",
+                shorten(actor, 256),
+                field.refusal()
+            ))
+            .hint(format!(
+                "The service may change it, or allow actors to with actor_may_raise => '{{{}}}' on configuration \"{}\".",
+                field.name(),
+                self.id
+            ))),
+        }
+    }
+}

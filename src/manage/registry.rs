@@ -1,0 +1,239 @@
+//! Pointing the extension at application code: a membership table, and custom reference types
+//! with their authorizers. Service only. Registration checks that the caller could itself do
+//! what the extension will later do on its behalf (read those columns; act as the function's
+//! owner), since the extension runs them as their owner (`access::application_code`).
+
+use super::audit::{self, Entry};
+use crate::access::Principal;
+use crate::error::{shorten, Error, OrRaise};
+use crate::pg::clock;
+use crate::pg::privileged::{as_extension_owner, role_name};
+use crate::pg::spi;
+use crate::pg::{RegClass, RegProcedure};
+use pgrx::pg_sys::{self, Oid};
+use pgrx::PgSqlErrorCode;
+use pgrx::prelude::*;
+
+const RELATION: &str = "
+    SELECT c.relkind::pg_catalog.text, c.oid::pg_catalog.regclass::pg_catalog.text
+      FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) $1";
+
+// The column's type, or its base type for a domain; the built-in types below print without
+// any application code (no user-defined output function or cast).
+const COLUMN: &str = "
+    SELECT a.attnum, pg_catalog.format_type(pg_catalog.getbasetype(a.atttypid), NULL),
+           pg_catalog.has_column_privilege($3, a.attrelid, a.attnum, 'SELECT')
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name
+       AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped";
+
+const PLAIN_TYPES: [&str; 8] = [
+    "text", "character varying", "character", "name", "uuid", "smallint", "integer", "bigint",
+];
+
+const SET_SOURCE: &str = "
+    WITH gone AS (DELETE FROM api_key.membership_source)
+    INSERT INTO api_key.membership_source (relation, organization_column, user_column, role_column)
+    VALUES ($1, $2, $3, $4)";
+
+const RESET_SOURCE: &str = "DELETE FROM api_key.membership_source";
+
+fn check_column(relation: Oid, table: &str, column: &str, caller: Oid) -> Result<(), Error> {
+    let found = Spi::connect(|client| {
+        use crate::pg::oids::*;
+        let statement = spi::statement(client, COLUMN, &[OIDOID, TEXTOID, OIDOID], false)?;
+        let rows = client
+            .select(&*statement, Some(1), &[relation.into(), column.into(), caller.into()])
+            .map_err(spi::failed)?;
+        Ok::<_, Error>(rows.into_iter().next().map(|r| {
+            (
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                r.get::<bool>(3).ok().flatten().unwrap_or(false),
+            )
+        }))
+    })?;
+    let Some((kind, may_select)) = found else {
+        return Err(Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("column \"{}\" does not exist in {table}", shorten(column, 64)),
+        )
+        .hint("Name the organization, user and role columns: organization_column => ..., user_column => ..., role_column => ..."));
+    };
+    if !PLAIN_TYPES.contains(&kind.as_str()) {
+        return Err(Error::invalid(format!(
+            "column \"{column}\" of {table} is of type {kind}; membership columns must be text, varchar, char, name, uuid or an integer"
+        )));
+    }
+    // Membership is read as the table's owner: the caller must be allowed to read it too,
+    // or this would be a way to read what it may not.
+    if !may_select {
+        return Err(Error::denied(format!(
+            "permission denied: {} may not read column \"{column}\" of {table}",
+            role_name(caller)
+        ))
+        .hint("GRANT SELECT on the membership table to the role that configures it."));
+    }
+    Ok(())
+}
+
+/// Read organization membership live from an application table (e.g. better-auth's
+/// `member`), as that table's owner. NULL: back to api_key.members. Service only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn api_key_use_membership_table(
+    relation: Option<RegClass>,
+    organization_column: default!(Option<&str>, "'organization_id'"),
+    user_column: default!(Option<&str>, "'user_id'"),
+    role_column: default!(Option<&str>, "'role'"),
+) {
+    let principal = Principal::of_caller().or_raise();
+    as_extension_owner(|| {
+        principal.require_service("api_key_use_membership_table")?;
+        let now = clock::now();
+        let Some(RegClass(relation)) = relation else {
+            Spi::connect_mut(|client| {
+                let statement = spi::statement(client, RESET_SOURCE, &[], true)?;
+                client.update(&*statement, None, &[]).map_err(spi::failed)?;
+                Ok::<_, Error>(())
+            })?;
+            let detail = serde_json::json!({ "relation": null }).to_string();
+            return audit::write(&principal, Entry { at: now, action: "membership_source", key_id: None, reference: None, detail: Some(detail) });
+        };
+        let columns = [
+            (organization_column, "organization_column"),
+            (user_column, "user_column"),
+            (role_column, "role_column"),
+        ]
+        .map(|(value, argument)| value.ok_or_else(|| Error::null(argument)));
+        let [organization_column, user_column, role_column] = columns;
+        let (organization_column, user_column, role_column) = (organization_column?, user_column?, role_column?);
+        let (kind, table) = Spi::connect(|client| {
+            let statement = spi::statement(client, RELATION, &[pg_sys::OIDOID], false)?;
+            let row = client.select(&*statement, Some(1), &[relation.into()]).map_err(spi::failed)?.first();
+            Ok::<_, Error>((
+                row.get::<String>(1).map_err(spi::failed)?.unwrap_or_default(),
+                row.get::<String>(2).map_err(spi::failed)?.unwrap_or_default(),
+            ))
+        })?;
+        if !["r", "v", "m", "f", "p"].contains(&kind.as_str()) {
+            return Err(Error::invalid(format!(
+                "{table} is not a table or view: membership must be read from one"
+            )));
+        }
+        for column in [organization_column, user_column, role_column] {
+            check_column(relation, &table, column, principal.role())?;
+        }
+        Spi::connect_mut(|client| {
+            use crate::pg::oids::*;
+            let statement = spi::statement(client, SET_SOURCE, &[REGCLASSOID, TEXTOID, TEXTOID, TEXTOID], true)?;
+            let args = [
+                unsafe { pgrx::datum::DatumWithOid::new(relation, REGCLASSOID) },
+                organization_column.into(),
+                user_column.into(),
+                role_column.into(),
+            ];
+            client.update(&*statement, None, &args).map_err(spi::failed)?;
+            Ok::<_, Error>(())
+        })?;
+        let detail = serde_json::json!({
+            "relation": table,
+            "organization_column": organization_column,
+            "user_column": user_column,
+            "role_column": role_column,
+        });
+        audit::write(&principal, Entry { at: now, action: "membership_source", key_id: None, reference: None, detail: Some(detail.to_string()) })
+    })
+    .or_raise()
+}
+
+const FUNCTION: &str = "
+    SELECT p.prorettype OPERATOR(pg_catalog.=) 'pg_catalog.bool'::pg_catalog.regtype
+           AND p.pronargs OPERATOR(pg_catalog.=) 3 AND NOT p.proretset AND p.prokind OPERATOR(pg_catalog.=) 'f'
+           AND p.proargtypes[0] OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype
+           AND p.proargtypes[1] OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype
+           AND p.proargtypes[2] OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype,
+           p.proowner, p.oid::pg_catalog.regprocedure::pg_catalog.text
+      FROM pg_catalog.pg_proc AS p WHERE p.oid OPERATOR(pg_catalog.=) $1";
+
+const REGISTER: &str = "
+    INSERT INTO api_key.reference_types AS t (reference_type, authorizer, created_at) VALUES ($1, $2, $3)
+    ON CONFLICT (reference_type) DO UPDATE SET authorizer = excluded.authorizer";
+
+fn type_name_problem(name: &str) -> Option<&'static str> {
+    let ok = (1..=63).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+    if !ok {
+        Some("Use lower-case letters, digits and _, starting with a letter.")
+    } else if name == "user" || name == "organization" {
+        Some("user and organization are built in.")
+    } else {
+        None
+    }
+}
+
+/// Register a custom owner type (project, store, …) and its
+/// `authorizer(actor text, reference_id text, action text) returns boolean`, which runs as
+/// its owner. Service only; the caller must be able to act as that owner.
+#[pg_extern(volatile, parallel_unsafe)]
+fn api_key_register_reference_type(reference_type: Option<&str>, authorizer: Option<RegProcedure>) {
+    let principal = Principal::of_caller().or_raise();
+    as_extension_owner(|| {
+        principal.require_service("api_key_register_reference_type")?;
+        let reference_type = reference_type.ok_or_else(|| Error::null("reference_type"))?;
+        let RegProcedure(authorizer) = authorizer.ok_or_else(|| Error::null("authorizer"))?;
+        if let Some(hint) = type_name_problem(reference_type) {
+            return Err(Error::invalid(format!(
+                "reference_type \"{}\" is not allowed",
+                shorten(reference_type, 64)
+            ))
+            .hint(hint));
+        }
+        let (shape_ok, owner, signature) = Spi::connect(|client| {
+            let statement = spi::statement(client, FUNCTION, &[pg_sys::OIDOID], false)?;
+            let rows = client.select(&*statement, Some(1), &[authorizer.into()]).map_err(spi::failed)?;
+            let row = rows.into_iter().next().ok_or_else(|| {
+                Error::new(PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION, "the authorizer does not exist")
+            })?;
+            Ok::<_, Error>((
+                row.get::<bool>(1).map_err(spi::failed)?.unwrap_or(false),
+                row.get::<Oid>(2).map_err(spi::failed)?.unwrap_or_default(),
+                row.get::<String>(3).map_err(spi::failed)?.unwrap_or_default(),
+            ))
+        })?;
+        if !shape_ok {
+            return Err(Error::invalid(format!(
+                "authorizer {signature} must take (actor text, reference_id text, action text) and return boolean"
+            )));
+        }
+        // SAFETY: a catalog lookup on two role oids.
+        if !unsafe { pg_sys::has_privs_of_role(principal.role(), owner) } {
+            return Err(Error::denied(format!(
+                "permission denied: authorizer {signature} belongs to {}, which {} may not act as",
+                role_name(owner),
+                role_name(principal.role())
+            ))
+            .hint("Register a function owned by the registering role."));
+        }
+        let now = clock::now();
+        Spi::connect_mut(|client| {
+            use crate::pg::oids::*;
+            let statement = spi::statement(client, REGISTER, &[TEXTOID, REGPROCEDUREOID, TIMESTAMPTZOID], true)?;
+            let args = [
+                reference_type.into(),
+                unsafe { pgrx::datum::DatumWithOid::new(authorizer, REGPROCEDUREOID) },
+                clock::timestamptz_arg(Some(now)),
+            ];
+            client.update(&*statement, None, &args).map_err(spi::failed)?;
+            Ok::<_, Error>(())
+        })?;
+        let detail = serde_json::json!({ "reference_type": reference_type, "authorizer": signature });
+        audit::write(&principal, Entry {
+            at: now,
+            action: "register_reference_type",
+            key_id: None,
+            reference: None,
+            detail: Some(detail.to_string()),
+        })
+    })
+    .or_raise()
+}

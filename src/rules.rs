@@ -1,0 +1,338 @@
+//! What a key's settings may be, and what an actor (as opposed to the service) may change.
+//! Pure: the management functions gather values, these rules decide.
+//!
+//! Bounds on durations keep every later computation in range (a verification never overflows
+//! a timestamp): lifetimes up to 100 years, periods (rate-limit windows, refill intervals,
+//! rotation grace) up to 10 years, both compared as PostgreSQL compares intervals.
+//!
+//! Credits: `remaining` NULL is unlimited. A refill (`refill_amount` every `refill_interval`)
+//! needs credits to refill: given without `remaining`, `remaining` starts at `refill_amount`,
+//! at create and at update alike; clearing `remaining` while a refill stays is refused.
+//!
+//! Usage limits and permissions are the service's to set: an actor may only narrow them,
+//! relative to the key as it is (at update) or to its configuration (at create), unless the
+//! configuration lists the field in `actor_may_raise`.
+
+use crate::calendar::Interval;
+use crate::permissions::Permissions;
+
+pub const MAX_LIFETIME: Interval = Interval::years(100);
+pub const MAX_PERIOD: Interval = Interval::years(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    pub amount: i64,
+    pub interval: Interval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: i32,
+    pub window: Interval,
+}
+
+/// Why a value is refused; displayed as the whole message (it names the argument).
+pub type Problem = String;
+
+/// A lifetime (`expires_in`, a configuration's `*_expires_in`): positive, at most 100 years.
+pub fn check_lifetime(argument: &str, lifetime: Interval) -> Result<(), Problem> {
+    if !lifetime.is_positive() {
+        return Err(format!("{argument} must be positive"));
+    }
+    if lifetime.comparable() > MAX_LIFETIME.comparable() {
+        return Err(format!("{argument} must be at most 100 years"));
+    }
+    Ok(())
+}
+
+/// A period (`rate_limit_window`, `refill_interval`): positive, at most 10 years.
+pub fn check_period(argument: &str, period: Interval) -> Result<(), Problem> {
+    if !period.is_positive() {
+        return Err(format!("{argument} must be positive"));
+    }
+    if period.comparable() > MAX_PERIOD.comparable() {
+        return Err(format!("{argument} must be at most 10 years"));
+    }
+    Ok(())
+}
+
+/// A rotation's grace: zero or positive, at most 10 years.
+pub fn check_grace(grace: Interval) -> Result<(), Problem> {
+    if grace.comparable() < 0 {
+        return Err("grace must be zero or positive".into());
+    }
+    if grace.comparable() > MAX_PERIOD.comparable() {
+        return Err("grace must be at most 10 years".into());
+    }
+    Ok(())
+}
+
+pub fn check_remaining(argument: &str, remaining: i64) -> Result<(), Problem> {
+    if remaining < 0 {
+        return Err(format!("{argument} must not be negative"));
+    }
+    Ok(())
+}
+
+/// `refill_amount` and `refill_interval` as given (each possibly absent) into a refill.
+pub fn refill_from(amount: Option<i64>, interval: Option<Interval>) -> Result<Option<Refill>, Problem> {
+    match (amount, interval) {
+        (None, None) => Ok(None),
+        (Some(amount), Some(interval)) => {
+            if amount <= 0 {
+                return Err("refill_amount must be positive".into());
+            }
+            check_period("refill_interval", interval)?;
+            Ok(Some(Refill { amount, interval }))
+        }
+        _ => Err("refill_amount and refill_interval go together".into()),
+    }
+}
+
+/// `rate_limit_max` and `rate_limit_window` into a rate limit, when enabled.
+pub fn rate_limit_from(
+    enabled: bool,
+    max: Option<i32>,
+    window: Option<Interval>,
+) -> Result<Option<RateLimit>, Problem> {
+    if let Some(max) = max {
+        if max <= 0 {
+            return Err("rate_limit_max must be positive".into());
+        }
+    }
+    if let Some(window) = window {
+        check_period("rate_limit_window", window)?;
+    }
+    match (enabled, max, window) {
+        (false, _, _) => Ok(None),
+        (true, Some(max), Some(window)) => Ok(Some(RateLimit { max, window })),
+        (true, _, _) => Err("a rate limit needs both rate_limit_max and rate_limit_window".into()),
+    }
+}
+
+/// The one meaning of credits and refill together: a refill without credits starts them at
+/// the refill amount.
+pub fn credits(remaining: Option<i64>, refill: Option<Refill>) -> Option<i64> {
+    remaining.or(refill.map(|r| r.amount))
+}
+
+/// What limits a key: everything an actor may narrow but not widen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub enabled: bool,
+    pub expires_at: Option<i64>,
+    pub permissions: Permissions,
+    pub remaining: Option<i64>,
+    pub refill: Option<Refill>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// The fields of `Limits`, by the names `actor_may_raise` and messages use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Enabled,
+    ExpiresAt,
+    Permissions,
+    Remaining,
+    Refill,
+    RateLimit,
+}
+
+impl Field {
+    pub const ALL: [Field; 6] = [
+        Field::Enabled,
+        Field::ExpiresAt,
+        Field::Permissions,
+        Field::Remaining,
+        Field::Refill,
+        Field::RateLimit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Enabled => "enabled",
+            Field::ExpiresAt => "expires_at",
+            Field::Permissions => "permissions",
+            Field::Remaining => "remaining",
+            Field::Refill => "refill",
+            Field::RateLimit => "rate_limit",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Why an actor may not make this change, as the message says it.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Field::Enabled => "enable a key",
+            Field::ExpiresAt => "extend or remove a key's expiry",
+            Field::Permissions => "grant permissions a key does not have",
+            Field::Remaining => "add credits or make them unlimited",
+            Field::Refill => "add a refill or make it larger or more frequent",
+            Field::RateLimit => "remove or loosen a rate limit",
+        }
+    }
+}
+
+fn wider_refill(before: &Limits, after: &Limits) -> bool {
+    match (before.refill, after.refill) {
+        (_, None) => false,
+        // Unlimited credits before: any refill is a limit.
+        (None, Some(_)) => before.remaining.is_some(),
+        (Some(b), Some(a)) => {
+            a.amount > b.amount || a.interval.comparable() < b.interval.comparable()
+        }
+    }
+}
+
+fn wider_rate_limit(before: Option<RateLimit>, after: Option<RateLimit>) -> bool {
+    match (before, after) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(b), Some(a)) => a.max > b.max || a.window.comparable() < b.window.comparable(),
+    }
+}
+
+/// The fields in which `after` allows more than `before`.
+pub fn lifted(before: &Limits, after: &Limits) -> Vec<Field> {
+    let mut out = Vec::new();
+    if after.enabled && !before.enabled {
+        out.push(Field::Enabled);
+    }
+    if let Some(b) = before.expires_at {
+        if after.expires_at.is_none_or(|a| a > b) {
+            out.push(Field::ExpiresAt);
+        }
+    }
+    if after.permissions.pairs().any(|(r, a)| !before.permissions.holds(r, a)) {
+        out.push(Field::Permissions);
+    }
+    if let Some(b) = before.remaining {
+        if after.remaining.is_none_or(|a| a > b) {
+            out.push(Field::Remaining);
+        }
+    }
+    if wider_refill(before, after) {
+        out.push(Field::Refill);
+    }
+    if wider_rate_limit(before.rate_limit, after.rate_limit) {
+        out.push(Field::RateLimit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::permissions::{Scalar, Token};
+
+    fn perms(entries: &[(&str, &[&str])]) -> Permissions {
+        let mut t = vec![Token::BeginObject];
+        for (r, actions) in entries {
+            t.push(Token::Key(r.to_string()));
+            t.push(Token::BeginArray { raw_scalar: false });
+            t.extend(actions.iter().map(|a| Token::Scalar(Scalar::String(a.to_string()))));
+            t.push(Token::EndArray);
+        }
+        t.push(Token::EndObject);
+        Permissions::parse(t).unwrap()
+    }
+
+    fn day(n: i32) -> Interval {
+        Interval::new(0, n, 0)
+    }
+
+    fn base() -> Limits {
+        Limits {
+            enabled: true,
+            expires_at: Some(1_000),
+            permissions: perms(&[("files", &["read", "write"])]),
+            remaining: Some(100),
+            refill: Some(Refill { amount: 100, interval: day(1) }),
+            rate_limit: Some(RateLimit { max: 10, window: day(1) }),
+        }
+    }
+
+    #[test]
+    fn narrowing_is_allowed() {
+        let before = base();
+        let mut after = base();
+        after.enabled = false;
+        after.expires_at = Some(500);
+        after.permissions = perms(&[("files", &["read"])]);
+        after.remaining = Some(5);
+        after.refill = Some(Refill { amount: 50, interval: day(7) });
+        after.rate_limit = Some(RateLimit { max: 1, window: day(2) });
+        assert_eq!(lifted(&before, &after), vec![]);
+        after.refill = None;
+        assert_eq!(lifted(&before, &after), vec![]);
+    }
+
+    #[test]
+    fn widening_is_named_field_by_field() {
+        let before = Limits { enabled: false, ..base() };
+        let after = Limits {
+            enabled: true,
+            expires_at: None,
+            permissions: perms(&[("files", &["read", "delete"])]),
+            remaining: None,
+            refill: Some(Refill { amount: 100, interval: Interval::new(0, 0, 3_600_000_000) }),
+            rate_limit: None,
+        };
+        assert_eq!(
+            lifted(&before, &after),
+            vec![
+                Field::Enabled,
+                Field::ExpiresAt,
+                Field::Permissions,
+                Field::Remaining,
+                Field::Refill,
+                Field::RateLimit
+            ]
+        );
+    }
+
+    #[test]
+    fn from_nothing_any_limit_narrows_and_finite_credits_cannot_gain_a_refill() {
+        let unlimited = Limits {
+            enabled: true,
+            expires_at: None,
+            permissions: Permissions::default(),
+            remaining: None,
+            refill: None,
+            rate_limit: None,
+        };
+        assert_eq!(lifted(&unlimited, &base()), vec![Field::Permissions]);
+        let finite = Limits { remaining: Some(10), ..unlimited.clone() };
+        let with_refill = Limits {
+            refill: Some(Refill { amount: 1, interval: day(30) }),
+            ..finite.clone()
+        };
+        assert_eq!(lifted(&finite, &with_refill), vec![Field::Refill]);
+    }
+
+    #[test]
+    fn bounds_on_durations() {
+        assert!(check_lifetime("expires_in", Interval::years(100)).is_ok());
+        assert!(check_lifetime("expires_in", Interval::years(101)).is_err());
+        assert!(check_lifetime("expires_in", Interval::new(0, 0, 0)).is_err());
+        assert!(check_period("rate_limit_window", Interval::new(0, 3650, 0)).is_ok());
+        assert!(check_period("rate_limit_window", Interval::years(300_000)).is_err());
+        assert!(check_grace(Interval::new(0, 0, 0)).is_ok());
+        assert!(check_grace(Interval::new(0, -1, 0)).is_err());
+    }
+
+    #[test]
+    fn refill_and_rate_limit_shapes() {
+        assert_eq!(refill_from(None, None), Ok(None));
+        assert!(refill_from(Some(5), None).is_err());
+        assert!(refill_from(Some(0), Some(day(1))).is_err());
+        assert_eq!(credits(None, refill_from(Some(5), Some(day(1))).unwrap()), Some(5));
+        assert_eq!(credits(Some(2), None), Some(2));
+        assert!(rate_limit_from(true, Some(5), None).is_err());
+        assert_eq!(rate_limit_from(false, Some(5), None), Ok(None));
+        assert!(rate_limit_from(false, Some(-1), None).is_err());
+    }
+}
