@@ -21,9 +21,10 @@ const RELATION: &str = "
 // The column's type, or its base type for a domain; the built-in types below print without
 // any application code (no user-defined output function or cast).
 const COLUMN: &str = "
-    SELECT a.attnum, pg_catalog.format_type(pg_catalog.getbasetype(a.atttypid), NULL),
+    SELECT a.attnum,
+           pg_catalog.format_type(CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'd' THEN t.typbasetype ELSE t.oid END, NULL),
            pg_catalog.has_column_privilege($3, a.attrelid, a.attnum, 'SELECT')
-      FROM pg_catalog.pg_attribute AS a
+      FROM pg_catalog.pg_attribute AS a JOIN pg_catalog.pg_type AS t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
      WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name
        AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped";
 

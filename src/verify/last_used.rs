@@ -52,7 +52,7 @@ const FLUSH: &str = "
       FROM (SELECT l.id, x.at
               FROM (SELECT s.id FROM api_key.keys AS s WHERE s.id OPERATOR(pg_catalog.=) ANY ($1)
                        FOR UPDATE SKIP LOCKED) AS l
-              JOIN pg_catalog.unnest($1::pg_catalog.uuid[], $2::pg_catalog.timestamptz[]) AS x(id, at)
+              JOIN ROWS FROM (pg_catalog.unnest($1::pg_catalog.uuid[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS x(id, at)
                 ON x.id OPERATOR(pg_catalog.=) l.id) AS u
      WHERE k.id OPERATOR(pg_catalog.=) u.id
        AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) u.at)";
