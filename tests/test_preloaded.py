@@ -1,0 +1,141 @@
+"""With shared_preload_libraries = 'api_key', rate-limit windows live in shared memory. They
+must count exactly, give back what a later refusal did not use, follow the calendar, and belong
+to a database: a restored copy in the same cluster counts its own windows.
+
+Runs its own cluster (.build/preload), started with the library preloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from helpers import ROOT
+
+CLUSTER = "preload"
+SCRIPT = ROOT / "scripts" / "cluster.sh"
+BIN = "/usr/lib/postgresql/15/bin"
+
+
+def _can_run_clusters() -> bool:
+    import pwd
+    return os.geteuid() == 0 or pwd.getpwuid(os.geteuid()).pw_name == "postgres"
+
+
+pytestmark = pytest.mark.skipif(not _can_run_clusters(), reason="scripts/cluster.sh needs root (sudo -u postgres)")
+
+
+def cluster(cmd: str) -> str:
+    env = {**os.environ, "PG_EXTRA_OPTS": "-c shared_preload_libraries=api_key"}
+    out = subprocess.run(["bash", str(SCRIPT), cmd, CLUSTER], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, f"cluster.sh {cmd} {CLUSTER}: {out.stdout}{out.stderr}"
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def port():
+    cluster("stop")
+    port = int(cluster("start"))
+    try:
+        yield port
+    finally:
+        cluster("stop")
+
+
+def connect(port: int, dbname: str) -> psycopg.Connection:
+    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, autocommit=True,
+                           row_factory=dict_row, connect_timeout=10)
+
+
+@pytest.fixture
+def db(port):
+    made = []
+
+    def make(name: str, extension: bool = True) -> psycopg.Connection:
+        with connect(port, "postgres") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        c = connect(port, name)
+        if extension:
+            c.execute("CREATE EXTENSION api_key")
+        return c
+
+    yield make
+    with connect(port, "postgres") as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def code(c, key: str) -> dict:
+    return c.execute("SELECT code, rate_limit_remaining, retry_after_ms, remaining FROM api_key_verify(%s)",
+                     [key]).fetchone()
+
+
+def test_windows_are_counted_in_shared_memory(port, db):
+    c = db("preload_shm")
+    assert "api_key" in c.execute("SHOW shared_preload_libraries").fetchone()["shared_preload_libraries"]
+    key = c.execute("SELECT key FROM api_key_create('u', rate_limit_max => 2, rate_limit_window => '1 hour')"
+                    ).fetchone()["key"]
+    assert [code(c, key)["code"] for _ in range(3)] == ["VALID", "VALID", "RATE_LIMITED"]
+    assert c.execute("SELECT count(*) FROM api_key.rate_limit_windows").fetchone()["count"] == 0
+
+
+def test_a_restored_copy_counts_its_own_windows(port, db, tmp_path):
+    source = db("preload_source")
+    copy = db("preload_copy", extension=False)
+    key = source.execute("SELECT key FROM api_key_create('u', rate_limit_max => 2, rate_limit_window => '1 hour')"
+                         ).fetchone()["key"]
+    dump = tmp_path / "db.dump"
+    common = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    subprocess.run([f"{BIN}/pg_dump", *common, "-Fc", "-f", str(dump), "preload_source"], check=True,
+                   capture_output=True)
+    subprocess.run([f"{BIN}/pg_restore", *common, "-d", "preload_copy", str(dump)], capture_output=True)
+    assert [code(source, key)["code"] for _ in range(3)] == ["VALID", "VALID", "RATE_LIMITED"]
+    # Same key id, another database: a window of its own.
+    assert [code(copy, key)["code"] for _ in range(3)] == ["VALID", "VALID", "RATE_LIMITED"]
+
+
+def test_a_burst_admits_exactly_max(port, db):
+    c = db("preload_burst")
+    key = c.execute("SELECT key FROM api_key_create('u', rate_limit_max => 50, rate_limit_window => '1 hour')"
+                    ).fetchone()["key"]
+    admitted = []
+
+    def worker():
+        with connect(port, "preload_burst") as w:
+            for _ in range(25):
+                admitted.append(code(w, key)["code"] == "VALID")
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 50
+
+
+def test_a_refusal_for_credits_gives_the_admission_back(port, db):
+    c = db("preload_undo")
+    key = c.execute("SELECT key FROM api_key_create('u', remaining => 1, rate_limit_max => 3, "
+                    "rate_limit_window => '1 hour')").fetchone()["key"]
+    assert code(c, key)["rate_limit_remaining"] == 2
+    refused = code(c, key)
+    assert refused["code"] == "USAGE_EXCEEDED" and refused["rate_limit_remaining"] == 2
+    c.execute("UPDATE api_key.keys SET remaining = 5")
+    assert code(c, key)["rate_limit_remaining"] == 1
+
+
+def test_a_monthly_window_is_a_calendar_month(port, db):
+    c = db("preload_month")
+    key = c.execute("SELECT key FROM api_key_create('u', rate_limit_max => 1, rate_limit_window => '1 month')"
+                    ).fetchone()["key"]
+    code(c, key)
+    retry = code(c, key)["retry_after_ms"]
+    expected = c.execute("SELECT extract(epoch FROM ((now() AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'"
+                         " - now())) * 1000 AS ms").fetchone()["ms"]
+    assert abs(retry - float(expected)) < 5_000
