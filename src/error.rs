@@ -89,7 +89,8 @@ impl Error {
         .hint("The extension's functions run their own SQL as the role that ran CREATE EXTENSION, which must stay a superuser.")
     }
 
-    /// Raises this error; does not return.
+    /// Raises this error; does not return. The server log's LOCATION is the caller's.
+    #[track_caller]
     pub fn raise(self) -> ! {
         let mut report = ErrorReport::new(self.code, self.message, "api_key");
         if let Some(detail) = self.detail {
@@ -109,9 +110,26 @@ pub trait OrRaise<T> {
 }
 
 impl<T> OrRaise<T> for Result<T> {
+    #[track_caller]
     fn or_raise(self) -> T {
-        self.unwrap_or_else(|e| e.raise())
+        match self {
+            Ok(value) => value,
+            Err(e) => e.raise(),
+        }
     }
+}
+
+/// A message from PostgreSQL with every quoted value longer than 40 characters shortened, so
+/// that the reason it gives survives (`value "1000…" is out of range for type integer`).
+pub fn shorten_quoted(message: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in message.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        out.push_str(&if i % 2 == 1 { shorten(part, 40) } else { part.to_string() });
+    }
+    out
 }
 
 /// At most `chars` characters of a value quoted in a message, so that a 1 MB argument does
@@ -122,4 +140,19 @@ pub fn shorten(value: &str, chars: usize) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        assert_eq!(shorten("abc", 2), "ab…");
+        assert_eq!(shorten("ab", 2), "ab");
+        let long = format!("value \"{}\" is out of range for type integer", "1".repeat(400));
+        let short = shorten_quoted(&long);
+        assert!(short.ends_with("…\" is out of range for type integer"), "{short}");
+        assert!(short.len() < 100);
+    }
 }

@@ -3,7 +3,7 @@
 use super::audit::{self, Entry};
 use super::config::{self, Config, COLUMNS, SETTINGS};
 use crate::access::Principal;
-use crate::error::{shorten, Error, OrRaise};
+use crate::error::{shorten, shorten_quoted, Error, OrRaise};
 use crate::pg::clock::{self, interval_arg, interval_from, timestamptz_arg};
 use crate::pg::jsonb::Jsonb;
 use crate::pg::privileged::as_extension_owner;
@@ -218,7 +218,7 @@ fn api_key_config_update(id: Option<&str>, settings: Option<Jsonb>) -> pgrx::com
                 rows.into_iter().next().map(|row| config::read(&row).unwrap_or_else(|e| e.raise()))
             })
         })
-        .map_err(|f| Error::invalid(format!("settings: {}", shorten(&f.message, 200))))?
+        .map_err(|f| Error::invalid(format!("settings: {}", shorten_quoted(&f.message))))?
         .ok_or_else(|| Error::no_such_config(id))?;
         updated.check()?;
         let now = clock::now();

@@ -2,7 +2,7 @@
 
 use super::audit::{self, Entry};
 use super::config;
-use super::create::{created_key, CreatedKey};
+use super::create::created_key;
 use super::key_row::KeyRow;
 use super::secret;
 use crate::access::{Action, Principal};
