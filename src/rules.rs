@@ -318,7 +318,9 @@ mod tests {
         assert!(check_lifetime("expires_in", Interval::years(100)).is_ok());
         assert!(check_lifetime("expires_in", Interval::years(101)).is_err());
         assert!(check_lifetime("expires_in", Interval::new(0, 0, 0)).is_err());
-        assert!(check_period("rate_limit_window", Interval::new(0, 3650, 0)).is_ok());
+        assert!(check_period("rate_limit_window", Interval::new(0, 3600, 0)).is_ok());
+        // As PostgreSQL compares intervals, 10 years are 3600 days.
+        assert!(check_period("rate_limit_window", Interval::new(0, 3601, 0)).is_err());
         assert!(check_period("rate_limit_window", Interval::years(300_000)).is_err());
         assert!(check_grace(Interval::new(0, 0, 0)).is_ok());
         assert!(check_grace(Interval::new(0, -1, 0)).is_err());

@@ -69,10 +69,12 @@ mod tests {
     #[pg_test]
     fn checks_come_in_the_documented_order() {
         let (id, key) = create("reference_id => 'u1', permissions => '{\"a\": [\"x\"]}'");
+        // An expiry in the past cannot be set through api_key_update: write the row directly.
         Spi::run(&format!(
-            "SELECT api_key_update('{id}', enabled => false, expires_at => now() - interval '1 s')"
+            "UPDATE api_key.keys SET expires_at = now() - interval '1 s' WHERE id = '{id}'"
         ))
         .unwrap();
+        Spi::run(&format!("SELECT api_key_update('{id}', enabled => false)")).unwrap();
         assert_eq!(
             verify(", permissions => '{\"b\": [\"y\"]}'", &key),
             "DISABLED"
@@ -253,7 +255,7 @@ mod tests {
         create("reference_type => 'organization', reference_id => 'org_1'");
     }
 
-    #[pg_test(error = "metadata must be a JSON object or NULL, not array")]
+    #[pg_test(error = "metadata must be a JSON object or NULL, not an array")]
     fn metadata_must_be_an_object() {
         create("reference_id => 'u1', metadata => '[1]'");
     }
@@ -287,7 +289,7 @@ mod tests {
         let (id, _) = create("reference_id => 'u1'");
         create("reference_id => 'u1'");
         Spi::run(&format!(
-            "SELECT api_key_update('{id}', expires_at => now() - interval '1 s')"
+            "UPDATE api_key.keys SET expires_at = now() - interval '1 s' WHERE id = '{id}'"
         ))
         .unwrap();
         assert_eq!(one::<i64>("SELECT api_key_delete_expired()"), Some(1));
@@ -308,5 +310,46 @@ mod tests {
             "SELECT string_agg(name, ',') FROM api_key_list_for_reference('pager', page_size => 2, after_id => '{last_id}')"
         ));
         assert_eq!(next.as_deref(), Some("k2,k1"));
+    }
+
+    /// `calendar::add` is PostgreSQL's `timestamp + interval`, to the microsecond.
+    #[pg_test]
+    fn calendar_arithmetic_is_postgresqls() {
+        use crate::calendar::{self, Interval};
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |range: i64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % (2 * range as u64 + 1)) as i64 - range
+        };
+        for _ in 0..3000 {
+            let ts = next(200 * 366 * calendar::MICROS_PER_DAY);
+            let iv = Interval::new(next(2400) as i32, next(100_000) as i32, next(10_000_000_000_000));
+            let args = [
+                // SAFETY: a timestamp is an int8 by value; the interval datum is palloc'd.
+                unsafe { pgrx::datum::DatumWithOid::new(ts, pg_sys::TIMESTAMPOID) },
+                crate::pg::clock::interval_arg(Some(iv)),
+            ];
+            let pg = Spi::get_one_with_args::<pgrx::datum::Timestamp>("SELECT $1 + $2", &args)
+                .unwrap()
+                .map(i64::from);
+            assert_eq!(calendar::add(ts, iv), pg, "{ts} + {iv:?}");
+        }
+    }
+
+    #[pg_test]
+    fn key_ids_carry_their_creation_time() {
+        let (id, _) = create("reference_id => 'u1'");
+        let same = one::<bool>(&format!(
+            "SELECT created_at = updated_at AND substr(id::text, 15, 1) = '7' FROM api_key.keys WHERE id = '{id}'"
+        ));
+        assert_eq!(same, Some(true));
+    }
+
+    #[pg_test(error = "api_key.actor must not contain control characters")]
+    fn actors_with_control_characters_are_refused() {
+        Spi::run("SET LOCAL api_key.actor = E'bob\\n'").unwrap();
+        create("reference_id => 'bob'");
     }
 }
