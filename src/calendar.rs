@@ -166,9 +166,8 @@ mod tests {
     use super::*;
 
     // 2024-01-31 12:00 UTC
-    const JAN_31_2024_NOON: i64 = (date2j_const(2024, 1, 31) - POSTGRES_EPOCH_JDATE)
-        * MICROS_PER_DAY
-        + 12 * 3_600_000_000;
+    const JAN_31_2024_NOON: i64 =
+        (date2j_const(2024, 1, 31) - POSTGRES_EPOCH_JDATE) * MICROS_PER_DAY + 12 * 3_600_000_000;
 
     const fn date2j_const(y: i64, m: i64, d: i64) -> i64 {
         let (mut y, mut m) = (y, m);
@@ -227,7 +226,10 @@ mod tests {
         assert_eq!(add(JAN_31_2024_NOON, Interval::new(0, i32::MAX, 0)), None);
         assert_eq!(add(JAN_31_2024_NOON, Interval::new(0, 0, i64::MAX)), None);
         assert_eq!(add(INFINITY, Interval::years(1)), Some(INFINITY));
-        assert_eq!(add(NEGATIVE_INFINITY, Interval::years(1)), Some(NEGATIVE_INFINITY));
+        assert_eq!(
+            add(NEGATIVE_INFINITY, Interval::years(1)),
+            Some(NEGATIVE_INFINITY)
+        );
         assert_eq!(subtract(0, Interval::new(i32::MIN, 0, 0)), None);
     }
 

@@ -127,7 +127,11 @@ pub fn shorten_quoted(message: &str) -> String {
         if i > 0 {
             out.push('"');
         }
-        out.push_str(&if i % 2 == 1 { shorten(part, 40) } else { part.to_string() });
+        out.push_str(&if i % 2 == 1 {
+            shorten(part, 40)
+        } else {
+            part.to_string()
+        });
     }
     out
 }
@@ -150,9 +154,15 @@ mod tests {
     fn long_values_are_shortened_in_messages() {
         assert_eq!(shorten("abc", 2), "ab…");
         assert_eq!(shorten("ab", 2), "ab");
-        let long = format!("value \"{}\" is out of range for type integer", "1".repeat(400));
+        let long = format!(
+            "value \"{}\" is out of range for type integer",
+            "1".repeat(400)
+        );
         let short = shorten_quoted(&long);
-        assert!(short.ends_with("…\" is out of range for type integer"), "{short}");
+        assert!(
+            short.ends_with("…\" is out of range for type integer"),
+            "{short}"
+        );
         assert!(short.len() < 100);
     }
 }

@@ -53,13 +53,27 @@ impl Scalar {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     NotAnObject(&'static str),
-    NotAnArray { resource: String, found: &'static str },
-    NotAString { resource: String, found: &'static str },
-    EmptyName { resource: Option<String> },
-    NameTooLong { resource: Option<String> },
-    ControlCharacter { resource: Option<String> },
+    NotAnArray {
+        resource: String,
+        found: &'static str,
+    },
+    NotAString {
+        resource: String,
+        found: &'static str,
+    },
+    EmptyName {
+        resource: Option<String>,
+    },
+    NameTooLong {
+        resource: Option<String>,
+    },
+    ControlCharacter {
+        resource: Option<String>,
+    },
     TooManyResources,
-    TooManyActions { resource: String },
+    TooManyActions {
+        resource: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -292,7 +306,10 @@ mod tests {
     fn every_action_of_every_resource_is_needed() {
         let held = parse(&[("files", &["read", "write"]), ("users", &["read"])]);
         assert!(held.grants(&parse(&[("files", &["read"])])));
-        assert!(held.grants(&parse(&[("files", &["read", "write"]), ("users", &["read"])])));
+        assert!(held.grants(&parse(&[
+            ("files", &["read", "write"]),
+            ("users", &["read"])
+        ])));
         assert!(!held.grants(&parse(&[("files", &["delete"])])));
         assert!(!held.grants(&parse(&[("files", &["read"]), ("billing", &["read"])])));
         assert!(held.grants(&parse(&[])));
@@ -309,20 +326,11 @@ mod tests {
             "must be a JSON object of string arrays, not an array"
         );
         assert_eq!(
-            problem(vec![
-                BeginArray { raw_scalar: true },
-                number(),
-                EndArray
-            ]),
+            problem(vec![BeginArray { raw_scalar: true }, number(), EndArray]),
             "must be a JSON object of string arrays, not a number"
         );
         assert_eq!(
-            problem(vec![
-                BeginObject,
-                Key("files".into()),
-                s("read"),
-                EndObject
-            ]),
+            problem(vec![BeginObject, Key("files".into()), s("read"), EndObject]),
             "resource \"files\" must map to an array of strings, not a string"
         );
         assert_eq!(

@@ -75,7 +75,10 @@ pub fn check_remaining(argument: &str, remaining: i64) -> Result<(), Problem> {
 }
 
 /// `refill_amount` and `refill_interval` as given (each possibly absent) into a refill.
-pub fn refill_from(amount: Option<i64>, interval: Option<Interval>) -> Result<Option<Refill>, Problem> {
+pub fn refill_from(
+    amount: Option<i64>,
+    interval: Option<Interval>,
+) -> Result<Option<Refill>, Problem> {
     match (amount, interval) {
         (None, None) => Ok(None),
         (Some(amount), Some(interval)) => {
@@ -206,7 +209,11 @@ pub fn lifted(before: &Limits, after: &Limits) -> Vec<Field> {
             out.push(Field::ExpiresAt);
         }
     }
-    if after.permissions.pairs().any(|(r, a)| !before.permissions.holds(r, a)) {
+    if after
+        .permissions
+        .pairs()
+        .any(|(r, a)| !before.permissions.holds(r, a))
+    {
         out.push(Field::Permissions);
     }
     if let Some(b) = before.remaining {
@@ -233,7 +240,11 @@ mod tests {
         for (r, actions) in entries {
             t.push(Token::Key(r.to_string()));
             t.push(Token::BeginArray { raw_scalar: false });
-            t.extend(actions.iter().map(|a| Token::Scalar(Scalar::String(a.to_string()))));
+            t.extend(
+                actions
+                    .iter()
+                    .map(|a| Token::Scalar(Scalar::String(a.to_string()))),
+            );
             t.push(Token::EndArray);
         }
         t.push(Token::EndObject);
@@ -250,8 +261,14 @@ mod tests {
             expires_at: Some(1_000),
             permissions: perms(&[("files", &["read", "write"])]),
             remaining: Some(100),
-            refill: Some(Refill { amount: 100, interval: day(1) }),
-            rate_limit: Some(RateLimit { max: 10, window: day(1) }),
+            refill: Some(Refill {
+                amount: 100,
+                interval: day(1),
+            }),
+            rate_limit: Some(RateLimit {
+                max: 10,
+                window: day(1),
+            }),
         }
     }
 
@@ -263,8 +280,14 @@ mod tests {
         after.expires_at = Some(500);
         after.permissions = perms(&[("files", &["read"])]);
         after.remaining = Some(5);
-        after.refill = Some(Refill { amount: 50, interval: day(7) });
-        after.rate_limit = Some(RateLimit { max: 1, window: day(2) });
+        after.refill = Some(Refill {
+            amount: 50,
+            interval: day(7),
+        });
+        after.rate_limit = Some(RateLimit {
+            max: 1,
+            window: day(2),
+        });
         assert_eq!(lifted(&before, &after), vec![]);
         after.refill = None;
         assert_eq!(lifted(&before, &after), vec![]);
@@ -272,13 +295,19 @@ mod tests {
 
     #[test]
     fn widening_is_named_field_by_field() {
-        let before = Limits { enabled: false, ..base() };
+        let before = Limits {
+            enabled: false,
+            ..base()
+        };
         let after = Limits {
             enabled: true,
             expires_at: None,
             permissions: perms(&[("files", &["read", "delete"])]),
             remaining: None,
-            refill: Some(Refill { amount: 100, interval: Interval::new(0, 0, 3_600_000_000) }),
+            refill: Some(Refill {
+                amount: 100,
+                interval: Interval::new(0, 0, 3_600_000_000),
+            }),
             rate_limit: None,
         };
         assert_eq!(
@@ -305,9 +334,15 @@ mod tests {
             rate_limit: None,
         };
         assert_eq!(lifted(&unlimited, &base()), vec![Field::Permissions]);
-        let finite = Limits { remaining: Some(10), ..unlimited.clone() };
+        let finite = Limits {
+            remaining: Some(10),
+            ..unlimited.clone()
+        };
         let with_refill = Limits {
-            refill: Some(Refill { amount: 1, interval: day(30) }),
+            refill: Some(Refill {
+                amount: 1,
+                interval: day(30),
+            }),
             ..finite.clone()
         };
         assert_eq!(lifted(&finite, &with_refill), vec![Field::Refill]);
@@ -331,7 +366,10 @@ mod tests {
         assert_eq!(refill_from(None, None), Ok(None));
         assert!(refill_from(Some(5), None).is_err());
         assert!(refill_from(Some(0), Some(day(1))).is_err());
-        assert_eq!(credits(None, refill_from(Some(5), Some(day(1))).unwrap()), Some(5));
+        assert_eq!(
+            credits(None, refill_from(Some(5), Some(day(1))).unwrap()),
+            Some(5)
+        );
         assert_eq!(credits(Some(2), None), Some(2));
         assert!(rate_limit_from(true, Some(5), None).is_err());
         assert_eq!(rate_limit_from(false, Some(5), None), Ok(None));

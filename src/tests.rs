@@ -325,7 +325,11 @@ mod tests {
         };
         for _ in 0..3000 {
             let ts = next(200 * 366 * calendar::MICROS_PER_DAY);
-            let iv = Interval::new(next(2400) as i32, next(100_000) as i32, next(10_000_000_000_000));
+            let iv = Interval::new(
+                next(2400) as i32,
+                next(100_000) as i32,
+                next(10_000_000_000_000),
+            );
             let args = [
                 // SAFETY: a timestamp is an int8 by value; the interval datum is palloc'd.
                 unsafe { pgrx::datum::DatumWithOid::new(ts, pg_sys::TIMESTAMPOID) },

@@ -22,6 +22,19 @@ def user_key(app: Client, user: str | None = None, **kw) -> tuple[str, dict]:
     return user, made
 
 
+def service_key(service: Client, user: str | None = None, **kw) -> tuple[str, dict]:
+    """A fresh user (or the one given), and a key the service made for it: for keys with
+    permissions or limits beyond the configuration's, which only the service may grant."""
+    user = user or uid("u")
+    made = create(service, reference_id=user, **kw)
+    return user, made
+
+
+def expire_now(su: Client, key_id) -> None:
+    """Make a key expired, as time would: expires_at in the past (api_key_update refuses that)."""
+    su.rows("UPDATE api_key.keys SET expires_at = now() - interval '1 second' WHERE id = %s", [key_id])
+
+
 def test_create_returns_the_plaintext_once_and_stores_only_its_start(app, su):
     user = uid("u")
     made = create(app, actor=user, reference_id=user, name="ci")
@@ -44,9 +57,9 @@ def test_create_returns_the_plaintext_once_and_stores_only_its_start(app, su):
     assert other["key"] != key and other["id"] != made["id"]
 
 
-def test_verify_valid_returns_the_keys_fields_without_an_actor(app):
-    user, made = user_key(app, name="deploy", permissions='{"files": ["read", "write"]}',
-                          metadata='{"team": "infra"}', expires_in="1 day")
+def test_verify_valid_returns_the_keys_fields_without_an_actor(app, service):
+    user, made = service_key(service, name="deploy", permissions='{"files": ["read", "write"]}',
+                             metadata='{"team": "infra"}', expires_in="1 day")
     # Verification needs no actor: the application verifies on behalf of an anonymous request.
     r = verify(app, made["key"])
     assert r["valid"] is True and r["code"] == "VALID"
@@ -120,17 +133,27 @@ def test_expired_by_expires_in(app):
     assert (r["valid"], r["code"], r["key_id"]) == (False, "EXPIRED", made["id"])
 
 
-def test_expired_by_moving_expires_at_into_the_past(app):
+def test_expired_by_moving_expires_at_into_the_past(app, service, su):
     user, made = user_key(app)
-    app.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() - interval '1 hour')", [made["id"]], actor=user)
+    # api_key_update sets expiries in the future only; to stop a key now, disable or revoke it.
+    for who, actor in [(app, user), (service, None)]:
+        err = expect_error("22023", who.rows, "SELECT 1 FROM api_key_update(id => %s, expires_at => now() - interval "
+                           "'1 hour')", [made["id"]], actor=actor)
+        assert "future" in err.diag.message_primary
+    assert verify(app, made["key"])["code"] == "VALID"
+    expire_now(su, made["id"])
     r = verify(app, made["key"])
     assert (r["valid"], r["code"], r["key_id"]) == (False, "EXPIRED", made["id"])
-    app.rows("SELECT 1 FROM api_key_update(id => %s, clear => '{expires_at}')", [made["id"]], actor=user)
+    # Removing an expiry lifts a limit: the service's to do, not the owner's.
+    expect_error("42501", app.rows, "SELECT 1 FROM api_key_update(id => %s, clear => '{expires_at}')", [made["id"]],
+                 actor=user)
+    assert verify(app, made["key"])["code"] == "EXPIRED"
+    service.rows("SELECT 1 FROM api_key_update(id => %s, clear => '{expires_at}')", [made["id"]])
     assert verify(app, made["key"])["code"] == "VALID"
 
 
-def test_permissions_every_requested_action_of_every_resource(app):
-    _, made = user_key(app, permissions='{"files": ["read", "write"], "users": ["read"]}')
+def test_permissions_every_requested_action_of_every_resource(app, service):
+    _, made = service_key(service, permissions='{"files": ["read", "write"], "users": ["read"]}')
     _, bare = user_key(app)
     k = made["key"]
     for asked, code in [
@@ -151,13 +174,16 @@ def test_permissions_every_requested_action_of_every_resource(app):
     assert verify(app, bare["key"], permissions="{}")["code"] == "VALID"
 
 
-def test_disabled_and_enabled_again(app):
+def test_disabled_and_enabled_again(app, service):
     user, made = user_key(app)
     row = app.one("SELECT * FROM api_key_update(id => %s, enabled => false)", [made["id"]], actor=user)
     assert row["enabled"] is False
     r = verify(app, made["key"])
     assert (r["valid"], r["code"], r["key_id"]) == (False, "DISABLED", made["id"])
-    app.rows("SELECT 1 FROM api_key_update(id => %s, enabled => true)", [made["id"]], actor=user)
+    # Re-enabling lifts a limit: the owner may not (unless its configuration allows it), the service may.
+    expect_error("42501", app.rows, "SELECT 1 FROM api_key_update(id => %s, enabled => true)", [made["id"]], actor=user)
+    assert verify(app, made["key"])["code"] == "DISABLED"
+    service.rows("SELECT 1 FROM api_key_update(id => %s, enabled => true)", [made["id"]])
     assert verify(app, made["key"])["code"] == "VALID"
 
 
@@ -167,13 +193,16 @@ def test_revoked_key_is_not_found_and_gone(app, su):
     r = verify(app, made["key"])
     assert (r["valid"], r["code"], r["key_id"]) == (False, "NOT_FOUND", None)
     expect_error("P0002", app.rows, "SELECT * FROM api_key_get(%s)", [made["id"]], actor=user)
-    expect_error("P0002", app.rows, "SELECT api_key_revoke(%s)", [made["id"]], actor=user)
+    expect_error("P0002", app.rows, "SELECT * FROM api_key_update(%s, name => 'back')", [made["id"]], actor=user)
+    expect_error("P0002", app.rows, "SELECT * FROM api_key_rotate(%s)", [made["id"]], actor=user)
+    # Revoking again (a retrying client) is no error: there is nothing left to revoke.
+    assert app.val("SELECT api_key_revoke(%s)", [made["id"]], actor=user) is False
     assert su.val("SELECT count(*) FROM api_key.key_secrets WHERE key_id = %s", [made["id"]]) == 0
     assert su.val("SELECT count(*) FROM api_key.keys WHERE id = %s", [made["id"]]) == 0
 
 
-def test_rotate_with_grace_then_old_key_expires(app, su):
-    user, made = user_key(app, permissions='{"files": ["read"]}', remaining=10, name="rot")
+def test_rotate_with_grace_then_old_key_expires(app, service, su):
+    user, made = service_key(service, permissions='{"files": ["read"]}', remaining=10, name="rot")
     rotated_at = time.time()
     new = app.one("SELECT * FROM api_key_rotate(id => %s, grace => '2 seconds')", [made["id"]], actor=user)
     assert new["id"] == made["id"] and new["key"] != made["key"]
@@ -209,7 +238,8 @@ def test_list_for_reference_pages_newest_first(app):
     ids = []
     for i in range(4):
         ids.append(create(app, actor=user, reference_id=user, name=f"k{i}")["id"])
-    # Three more in one transaction: same created_at, so paging must break ties by id.
+    # Three more in one transaction: created_at is each call's own clock reading, so they still
+    # list in creation order (and paging breaks any tie by id).
     with app.tx(actor=user) as conn:
         for i in range(3):
             ids.append(conn.execute("SELECT id FROM api_key_create(reference_id => %s, name => %s)",
@@ -236,17 +266,17 @@ def test_list_for_reference_pages_newest_first(app):
     assert pages == 4  # 3 + 3 + 1, then an empty page
 
 
-def test_order_of_checks(app):
+def test_order_of_checks(app, service, su):
     user = uid("u")
     # disabled beats expired beats permissions
-    k = create(app, actor=user, reference_id=user, permissions='{"a": ["x"]}')
-    app.rows("SELECT 1 FROM api_key_update(id => %s, enabled => false, expires_at => now() - interval '1 day')",
-             [k["id"]], actor=user)
+    k = create(service, reference_id=user, permissions='{"a": ["x"]}')
+    app.rows("SELECT 1 FROM api_key_update(id => %s, enabled => false)", [k["id"]], actor=user)
+    expire_now(su, k["id"])
     assert verify(app, k["key"], permissions='{"b": ["y"]}')["code"] == "DISABLED"
-    app.rows("SELECT 1 FROM api_key_update(id => %s, enabled => true)", [k["id"]], actor=user)
+    service.rows("SELECT 1 FROM api_key_update(id => %s, enabled => true)", [k["id"]])
     assert verify(app, k["key"], permissions='{"b": ["y"]}')["code"] == "EXPIRED"
     # permissions beat rate limit and credits
-    k2 = create(app, actor=user, reference_id=user, permissions='{"a": ["x"]}', remaining=1,
+    k2 = create(service, reference_id=user, permissions='{"a": ["x"]}', remaining=1,
                 rate_limit_max=1, rate_limit_window="1 hour")
     assert verify(app, k2["key"])["code"] == "VALID"          # spends the window and the credit
     assert verify(app, k2["key"], permissions='{"b": ["y"]}')["code"] == "INSUFFICIENT_PERMISSIONS"
@@ -283,8 +313,8 @@ def test_refill_after_interval(app, su):
     assert verify(app, made["key"])["code"] == "USAGE_EXCEEDED", "one refill per interval"
 
 
-def test_refused_verifications_consume_no_credit(app, su):
-    user, made = user_key(app, remaining=5, permissions='{"a": ["read"]}')
+def test_refused_verifications_consume_no_credit(app, service, su):
+    user, made = service_key(service, remaining=5, permissions='{"a": ["read"]}')
     for _ in range(3):
         assert verify(app, made["key"], permissions='{"a": ["write"]}')["code"] == "INSUFFICIENT_PERMISSIONS"
     app.rows("SELECT 1 FROM api_key_update(id => %s, enabled => false)", [made["id"]], actor=user)
@@ -351,9 +381,16 @@ def test_update_respects_config_max_expiry(app, service):
     expect_error("22004", create, app, actor="u_x", reference_id="u_x", config_id=cfg)
     expect_error("22023", create, app, actor="u_x", reference_id="u_x", config_id=cfg, expires_in="31 days")
     user, made = user_key(app, config_id=cfg, expires_in="29 days")
-    expect_error("22023", app.rows, "SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval '1 year')",
-                 [made["id"]], actor=user)
+    # Beyond the configuration's maximum, or no expiry at all: refused, for the service too.
+    for who, actor in [(app, user), (service, None)]:
+        expect_error("22023", who.rows, "SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval "
+                     "'1 year')", [made["id"]], actor=actor)
+        err = expect_error("22023", who.rows, "SELECT 1 FROM api_key_update(id => %s, clear => '{expires_at}')",
+                           [made["id"]], actor=actor)
+        assert "max_expires_in" in err.diag.message_primary
     app.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval '1 day')", [made["id"]], actor=user)
+    # The service may move it later again, within the maximum.
+    service.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() + interval '29 days')", [made["id"]])
 
 
 @pytest.mark.parametrize("tighten", ['{"name_required": true}', '{"metadata_enabled": false}',
@@ -369,14 +406,36 @@ def test_existing_key_can_be_disabled_after_the_config_tightens(tighten, app, se
 
 
 @pytest.mark.parametrize("ident", ["o'Brien", 'say "hi"', "back\\slash", "100%_done", "ключ", "🔑 emoji",
-                                   "semi;colon -- x", "new\nline", "x" * 256])
+                                   "semi;colon -- x", "x" * 256, "🔑" * 256])
 def test_unusual_identifiers_round_trip(ident, app):
     made = create(app, actor=ident, reference_id=ident, name=ident[:128])
     r = verify(app, made["key"])
     assert (r["code"], r["reference_id"], r["name"]) == ("VALID", ident, ident[:128])
     assert [x["id"] for x in app.rows("SELECT id FROM api_key.keys", actor=ident)] == [made["id"]]
     assert app.one("SELECT id FROM api_key_get(%s)", [made["id"]], actor=ident)["id"] == made["id"]
-    expect_error("42501", app.rows, "SELECT id FROM api_key_get(%s)", [made["id"]], actor=ident + "x")
+    # Someone else, whose id differs in its last character only: the key does not exist for it.
+    other = ident[:-1] + ("y" if ident[-1] != "y" else "z")
+    expect_error("P0002", app.rows, "SELECT id FROM api_key_get(%s)", [made["id"]], actor=other)
+
+
+@pytest.mark.parametrize("ident", ["new\nline", "tab\there", "nul\x01byte", "bell\x07", "del\x7f", "c1\x85control",
+                                   "", "x" * 257, "🔑" * 257])
+def test_identifiers_with_control_characters_or_out_of_bounds_are_refused(ident, app, service, su):
+    """Actors and reference ids: 1 to 256 characters, no control characters (22023, even for the
+    service; an empty actor is no actor)."""
+    before = su.val("SELECT count(*) FROM api_key.keys")
+    expect_error("22023", create, service, reference_id=ident)
+    expect_error("22023", service.rows, "SELECT * FROM api_key_list_for_reference(reference_id => %s)", [ident])
+    if ident:
+        expect_error("22023", create, app, actor=ident, reference_id="someone")
+        expect_error("22023", create, service, actor=ident, reference_id="someone")
+        # Policies see nothing for such an actor (and raise nothing).
+        assert app.rows("SELECT id FROM api_key.keys", actor=ident) == []
+    else:
+        expect_error("42501", create, app, actor=ident, reference_id="someone")
+    if ident and len(ident) <= 128:
+        expect_error("22023", create, service, reference_id=uid("u"), name=ident)
+    assert su.val("SELECT count(*) FROM api_key.keys") == before
 
 
 def test_many_management_calls_in_one_statement_and_transaction(service, su):
@@ -411,9 +470,23 @@ def test_argon2id_configuration(app, service, su):
     assert verify(app, new["key"])["code"] == "VALID" and verify(app, k)["code"] == "VALID"
 
 
+@pytest.mark.parametrize("prefix", ["sk", "a" * 32, "a" * 32 + "_", "1sk_", "_sk_", "-", "sk__x", "sk.live_", "ключ_"])
+def test_prefixes_must_end_where_a_scanner_sees_them_end(prefix, app, service, su):
+    """A prefix is empty or up to 32 ASCII letters, digits, _ and -, starting with a letter and
+    ending with _ or -: refused in a configuration and at create (22023)."""
+    before = su.val("SELECT count(*) FROM api_key.configs")
+    err = expect_error("22023", service.rows, "SELECT * FROM api_key_config_create(id => %s, prefix => %s)",
+                       [uid("fmt"), prefix])
+    assert "prefix" in err.diag.message_primary
+    assert su.val("SELECT count(*) FROM api_key.configs") == before
+    err = expect_error("22023", create, service, reference_id=uid("u"), prefix=prefix)
+    assert "prefix" in err.diag.message_primary
+
+
 @pytest.mark.parametrize("prefix,body_length,algorithm", [
-    ("", 23, "sha256"), ("sk", 22, "sha256"), ("a" * 32, 128, "sha256"), ("x-y_z-", 22, "sha256"),
-    ("live2024_", 64, "sha256"), ("", 40, "argon2id"), ("ak_", 128, "argon2id"), ("a" * 32, 40, "argon2id"),
+    ("", 23, "sha256"), ("sk_", 22, "sha256"), ("a" * 31 + "_", 128, "sha256"), ("x-y_z-", 22, "sha256"),
+    ("live2024_", 64, "sha256"), ("", 40, "argon2id"), ("ak_", 128, "argon2id"), ("a" * 31 + "-", 40, "argon2id"),
+    ("A-", 22, "sha256"),
 ])
 def test_key_format_extremes(prefix, body_length, algorithm, app, service):
     cfg = uid("fmt")
@@ -433,14 +506,25 @@ def test_delete_expired_is_for_the_service(app, service, su):
     user, made = user_key(app, expires_in="1 hour")
     _, keep = user_key(app, user)
     _, rotated = user_key(app, user)
+    _, graced = user_key(app, user)
     new = app.one("SELECT * FROM api_key_rotate(id => %s)", [rotated["id"]], actor=user)
-    app.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() - interval '1 second')", [made["id"]],
-             actor=user)
+    app.one("SELECT * FROM api_key_rotate(id => %s, grace => '1 hour')", [graced["id"]], actor=user)
+    expire_now(su, made["id"])
     expect_error("42501", app.rows, "SELECT api_key_delete_expired()", actor=user)
     expect_error("42501", app.rows, "SELECT api_key_delete_expired()")
     expect_error("42501", service.rows, "SELECT api_key_delete_expired()", actor=user)
+    due = su.one("SELECT (SELECT count(*) FROM api_key.keys WHERE expires_at <= now()) AS keys, "
+                 "(SELECT count(*) FROM api_key.key_secrets s JOIN api_key.keys k ON k.id = s.key_id "
+                 "WHERE s.expires_at <= now() AND NOT k.expires_at <= now()) AS secrets")
     deleted = service.val("SELECT api_key_delete_expired()")
-    assert deleted >= 1
+    # Expired keys and rotated-away secrets, both counted (at least this test's key and secret).
+    detail = su.val("SELECT detail FROM api_key.audit_log WHERE action = 'delete_expired' ORDER BY id DESC LIMIT 1")
+    assert detail["keys"] >= 1 and detail["rotated_secrets"] >= 1, detail
+    assert deleted == detail["keys"] + detail["rotated_secrets"]
+    assert (detail["keys"], detail["rotated_secrets"]) == (due["keys"], due["secrets"])
+    assert su.val("SELECT count(*) FROM api_key.key_secrets WHERE key_id = %s", [rotated["id"]]) == 1
+    assert su.val("SELECT count(*) FROM api_key.key_secrets WHERE key_id = %s", [graced["id"]]) == 2
+    assert service.val("SELECT api_key_delete_expired()") == 0
     assert su.val("SELECT count(*) FROM api_key.keys WHERE id = %s", [made["id"]]) == 0
     assert verify(app, made["key"])["code"] == "NOT_FOUND"
     assert verify(app, rotated["key"])["code"] == "NOT_FOUND", "the retired secret is gone too"
@@ -501,14 +585,15 @@ def test_no_plaintext_anywhere(app, service, su):
     cfg = uid("argon")
     service.rows("SELECT * FROM api_key_config_create(id => %s, hash_algorithm => 'argon2id', body_length => 40)", [cfg])
     user = uid("u")
-    keys = [create(app, actor=user, reference_id=user, name="n", permissions='{"f": ["r"]}', metadata='{"m": 1}',
+    keys = [create(service, reference_id=user, name="n", permissions='{"f": ["r"]}', metadata='{"m": 1}',
                    remaining=10, rate_limit_max=5, rate_limit_window="1 minute")]
     keys.append(create(app, actor=user, reference_id=user, config_id=cfg))
     keys.append(create(service, reference_id=uid("org"), reference_type="organization"))
     rotated = app.one("SELECT * FROM api_key_rotate(id => %s, grace => '1 hour')", [keys[0]["id"]], actor=user)
     keys.append(rotated)
-    app.rows("SELECT 1 FROM api_key_update(id => %s, name => 'renamed', permissions => '{\"g\": [\"w\"]}')",
+    app.rows("SELECT 1 FROM api_key_update(id => %s, name => 'renamed', metadata => '{\"n\": 2}')",
              [keys[1]["id"]], actor=user)
+    service.rows("SELECT 1 FROM api_key_update(id => %s, permissions => '{\"g\": [\"w\"]}')", [keys[1]["id"]])
     for k in keys:
         verify(app, k["key"])
     with pytest.raises(psycopg.Error):

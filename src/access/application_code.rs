@@ -35,8 +35,8 @@ fn sandboxed<R>(owner: Oid, f: impl FnOnce() -> R) -> Result<R, Failure> {
             pg_sys::SetUserIdAndSecContext(
                 owner,
                 saved_context
-                    | (pg_sys::SECURITY_LOCAL_USERID_CHANGE
-                        | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+                    | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                        as i32,
             );
         }
         let path = PinnedPath::enter();
@@ -134,7 +134,9 @@ impl MembershipTable {
         // SAFETY: both names come from the catalogs just above.
         let (schema, table) = unsafe {
             (
-                CStr::from_ptr(pg_sys::get_namespace_name(namespace)).to_string_lossy().into_owned(),
+                CStr::from_ptr(pg_sys::get_namespace_name(namespace))
+                    .to_string_lossy()
+                    .into_owned(),
                 CStr::from_ptr(name).to_string_lossy().into_owned(),
             )
         };
@@ -156,7 +158,11 @@ impl MembershipTable {
                 let statement = spi::statement(client, &sql, &[text, text], false)
                     .unwrap_or_else(|e| e.raise());
                 let rows = client
-                    .select(&*statement, Some(1), &[organization_id.into(), user_id.into()])
+                    .select(
+                        &*statement,
+                        Some(1),
+                        &[organization_id.into(), user_id.into()],
+                    )
                     .unwrap_or_else(|e| spi::failed(e).raise());
                 rows.into_iter()
                     .next()

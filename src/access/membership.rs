@@ -38,13 +38,18 @@ pub enum Unreadable {
 fn application_table() -> Result<Option<MembershipTable>, Error> {
     Spi::connect(|client| {
         let statement = spi::statement(client, SOURCE, &[], false)?;
-        let rows = client.select(&*statement, Some(1), &[]).map_err(spi::failed)?;
+        let rows = client
+            .select(&*statement, Some(1), &[])
+            .map_err(spi::failed)?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None);
         };
         let text = |n| row.get::<String>(n).ok().flatten().unwrap_or_default();
         Ok(Some(MembershipTable {
-            relation: row.get::<pg_sys::Oid>(1).map_err(spi::failed)?.unwrap_or_default(),
+            relation: row
+                .get::<pg_sys::Oid>(1)
+                .map_err(spi::failed)?
+                .unwrap_or_default(),
             organization_column: text(2),
             user_column: text(3),
             role_column: text(4),
@@ -63,9 +68,16 @@ pub fn role_of(organization_id: &str, user_id: &str) -> Result<Option<String>, U
         let text = pg_sys::TEXTOID;
         let statement = spi::statement(client, DEFAULT_SOURCE_ROLE, &[text, text], false)?;
         let rows = client
-            .select(&*statement, Some(1), &[organization_id.into(), user_id.into()])
+            .select(
+                &*statement,
+                Some(1),
+                &[organization_id.into(), user_id.into()],
+            )
             .map_err(spi::failed)?;
-        Ok(rows.into_iter().next().and_then(|r| r.get::<String>(1).ok().flatten()))
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.get::<String>(1).ok().flatten()))
     })
     .map_err(Unreadable::Internal)
 }
@@ -101,7 +113,11 @@ pub fn grants(rows: &[Grant], roles: &[&str], permission: &str) -> bool {
 }
 
 /// Does `stored_role` grant `api_key:<action>` in `organization_id`?
-pub fn role_grants(organization_id: &str, stored_role: &str, action: Action) -> Result<bool, Error> {
+pub fn role_grants(
+    organization_id: &str,
+    stored_role: &str,
+    action: Action,
+) -> Result<bool, Error> {
     let roles = split_roles(stored_role);
     if roles.is_empty() {
         return Ok(false);
@@ -114,13 +130,21 @@ pub fn role_grants(organization_id: &str, stored_role: &str, action: Action) -> 
             false,
         )?;
         let args = [organization_id.into(), roles.clone().into()];
-        let table = client.select(&*statement, None, &args).map_err(spi::failed)?;
+        let table = client
+            .select(&*statement, None, &args)
+            .map_err(spi::failed)?;
         let mut rows = Vec::new();
         for row in table {
             rows.push(Grant {
                 organization_specific: row.get::<bool>(1).map_err(spi::failed)?.unwrap_or(false),
-                role: row.get::<String>(2).map_err(spi::failed)?.unwrap_or_default(),
-                permission: row.get::<String>(3).map_err(spi::failed)?.unwrap_or_default(),
+                role: row
+                    .get::<String>(2)
+                    .map_err(spi::failed)?
+                    .unwrap_or_default(),
+                permission: row
+                    .get::<String>(3)
+                    .map_err(spi::failed)?
+                    .unwrap_or_default(),
             });
         }
         Ok::<_, Error>(rows)

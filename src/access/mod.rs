@@ -161,7 +161,10 @@ pub fn authorizer_of(kind: &str) -> Result<Option<Oid>, Error> {
         let rows = client
             .select(&*statement, Some(1), &[kind.into()])
             .map_err(spi::failed)?;
-        Ok(rows.into_iter().next().and_then(|r| r.get::<Oid>(1).ok().flatten()))
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.get::<Oid>(1).ok().flatten()))
     })
 }
 
@@ -225,7 +228,12 @@ pub fn decide(
                 // Unregistered since the reference was checked: nobody may act on it.
                 return Ok(Err(Refusal::AuthorizerSaidNo));
             };
-            match application_code::authorizer_answer(authorizer, actor, &reference.id, action.as_str()) {
+            match application_code::authorizer_answer(
+                authorizer,
+                actor,
+                &reference.id,
+                action.as_str(),
+            ) {
                 Ok(Some(true)) => Ok(()),
                 Ok(Some(false)) => Err(Refusal::AuthorizerSaidNo),
                 Ok(None) => Err(Refusal::AuthorizerAnsweredNull),
@@ -285,7 +293,11 @@ pub fn refusal_error(
 
 /// 42501 unless `principal` may do `action` to the keys of `reference`. Runs as the
 /// extension owner.
-pub fn authorize(principal: &Principal, reference: &Reference, action: Action) -> Result<(), Error> {
+pub fn authorize(
+    principal: &Principal,
+    reference: &Reference,
+    action: Action,
+) -> Result<(), Error> {
     decide(principal, reference, action)?
         .map_err(|refusal| refusal_error(principal, reference, action, refusal))
 }

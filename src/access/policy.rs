@@ -93,14 +93,18 @@ fn is_member_for(principal: &Principal, organization_id: &str) -> bool {
     let Some(actor) = principal.actor() else {
         return false;
     };
-    answer(principal, Question::IsMember(organization_id.to_string()), || {
-        as_extension_owner(|| {
-            membership::role_of(organization_id, actor)
-                .map(|role| role.is_some())
-                .or(Ok(false))
-        })
-        .unwrap_or(false)
-    })
+    answer(
+        principal,
+        Question::IsMember(organization_id.to_string()),
+        || {
+            as_extension_owner(|| {
+                membership::role_of(organization_id, actor)
+                    .map(|role| role.is_some())
+                    .or(Ok(false))
+            })
+            .unwrap_or(false)
+        },
+    )
 }
 
 #[pg_schema]
@@ -121,9 +125,11 @@ mod api_key {
         reference_id: Option<&str>,
         action: Option<&str>,
     ) -> bool {
-        let (Some(kind), Some(id), Some(action)) =
-            (reference_type, reference_id, action.and_then(Action::from_name))
-        else {
+        let (Some(kind), Some(id), Some(action)) = (
+            reference_type,
+            reference_id,
+            action.and_then(Action::from_name),
+        ) else {
             return false;
         };
         let Some(principal) = Principal::for_policy() else {

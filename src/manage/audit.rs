@@ -32,7 +32,16 @@ pub fn write(principal: &Principal, entry: Entry<'_>) -> Result<(), Error> {
         let statement = spi::statement(
             client,
             INSERT,
-            &[pg_sys::TIMESTAMPTZOID, text, text, text, pg_sys::UUIDOID, text, text, text],
+            &[
+                pg_sys::TIMESTAMPTZOID,
+                text,
+                text,
+                text,
+                pg_sys::UUIDOID,
+                text,
+                text,
+                text,
+            ],
             true,
         )?;
         let args: [DatumWithOid; 8] = [
@@ -45,7 +54,9 @@ pub fn write(principal: &Principal, entry: Entry<'_>) -> Result<(), Error> {
             entry.reference.map(|r| r.id.as_str()).into(),
             entry.detail.into(),
         ];
-        client.update(&*statement, None, &args).map_err(spi::failed)?;
+        client
+            .update(&*statement, None, &args)
+            .map_err(spi::failed)?;
         Ok(())
     })
 }

@@ -20,15 +20,25 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 /// Fields `clear` may name.
-const CLEARABLE: [&str; 6] = ["name", "expires_at", "permissions", "metadata", "remaining", "refill"];
+const CLEARABLE: [&str; 6] = [
+    "name",
+    "expires_at",
+    "permissions",
+    "metadata",
+    "remaining",
+    "refill",
+];
 
 fn cleared(clear: Option<Vec<Option<String>>>) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     for field in clear.unwrap_or_default() {
         let field = field.ok_or_else(|| Error::null("an element of clear"))?;
         if !CLEARABLE.contains(&field.as_str()) {
-            return Err(Error::invalid(format!("clear: cannot clear \"{}\"", shorten(&field, 64)))
-                .hint("clear accepts name, expires_at, permissions, metadata, remaining, refill."));
+            return Err(
+                Error::invalid(format!("clear: cannot clear \"{}\"", shorten(&field, 64))).hint(
+                    "clear accepts name, expires_at, permissions, metadata, remaining, refill.",
+                ),
+            );
         }
         out.push(field);
     }
@@ -78,7 +88,10 @@ impl Change {
             ("permissions", self.permissions.is_some()),
             ("metadata", self.metadata.is_some()),
             ("remaining", self.remaining.is_some()),
-            ("refill", self.refill_amount.is_some() || self.refill_interval.is_some()),
+            (
+                "refill",
+                self.refill_amount.is_some() || self.refill_interval.is_some(),
+            ),
         ]
         .into_iter()
         .find(|(field, given)| *given && self.clears(field))
@@ -94,7 +107,12 @@ struct After {
     limits: Limits,
 }
 
-fn expiry(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Result<Option<i64>, Error> {
+fn expiry(
+    change: &Change,
+    key: &KeyRow,
+    config: &config::Config,
+    now: i64,
+) -> Result<Option<i64>, Error> {
     if change.clears("expires_at") {
         if config.max_expires_in.is_some() {
             return Err(Error::invalid(format!(
@@ -118,7 +136,10 @@ fn expiry(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> R
         .min();
     if latest.is_some_and(|latest| at > latest) {
         return Err(Error::invalid(if config.max_expires_in.is_some() {
-            format!("expires_at is later than configuration \"{}\" allows", config.id)
+            format!(
+                "expires_at is later than configuration \"{}\" allows",
+                config.id
+            )
         } else {
             "expires_at must be at most 100 years from now".to_string()
         }));
@@ -130,7 +151,9 @@ fn refill(change: &Change, key: &KeyRow) -> Result<Option<Refill>, Error> {
     if change.clears("refill") {
         return Ok(None);
     }
-    let current = rules::refill_from(key.refill_amount, key.refill_interval).ok().flatten();
+    let current = rules::refill_from(key.refill_amount, key.refill_interval)
+        .ok()
+        .flatten();
     match (change.refill_amount, change.refill_interval, current) {
         (None, None, current) => Ok(current),
         (amount, interval, Some(current)) => {
@@ -140,14 +163,16 @@ fn refill(change: &Change, key: &KeyRow) -> Result<Option<Refill>, Error> {
             rules::refill_from(Some(amount), Some(interval)).map_err(Error::invalid)
         }
         (amount, interval, None) => rules::refill_from(amount, interval).map_err(|p| {
-            Error::invalid(p).hint("Pass both, e.g. refill_amount => 1000, refill_interval => '1 day'.")
+            Error::invalid(p)
+                .hint("Pass both, e.g. refill_amount => 1000, refill_interval => '1 day'.")
         }),
     }
 }
 
 fn rate_limit(change: &Change, key: &KeyRow) -> Result<Option<RateLimit>, Error> {
     // Only given values are checked: a key keeps the limits it was made with.
-    rules::rate_limit_from(false, change.rate_limit_max, change.rate_limit_window).map_err(Error::invalid)?;
+    rules::rate_limit_from(false, change.rate_limit_max, change.rate_limit_window)
+        .map_err(Error::invalid)?;
     let given = change.rate_limit_max.is_some() || change.rate_limit_window.is_some();
     let enabled = change
         .rate_limit_enabled
@@ -155,10 +180,15 @@ fn rate_limit(change: &Change, key: &KeyRow) -> Result<Option<RateLimit>, Error>
     if !enabled {
         return Ok(None);
     }
-    match (change.rate_limit_max.or(key.rate_limit_max), change.rate_limit_window.or(key.rate_limit_window)) {
+    match (
+        change.rate_limit_max.or(key.rate_limit_max),
+        change.rate_limit_window.or(key.rate_limit_window),
+    ) {
         (Some(max), Some(window)) => Ok(Some(RateLimit { max, window })),
-        _ => Err(Error::invalid("a rate limit needs both rate_limit_max and rate_limit_window")
-            .hint("e.g. rate_limit_max => 100, rate_limit_window => '1 minute'.")),
+        _ => Err(
+            Error::invalid("a rate limit needs both rate_limit_max and rate_limit_window")
+                .hint("e.g. rate_limit_max => 100, rate_limit_window => '1 minute'."),
+        ),
     }
 }
 
@@ -168,7 +198,8 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
     }
     let name = if change.clears("name") {
         if config.name_required {
-            return Err(Error::null("name").hint(format!("Configuration \"{}\" requires a name.", config.id)));
+            return Err(Error::null("name")
+                .hint(format!("Configuration \"{}\" requires a name.", config.id)));
         }
         None
     } else if let Some(name) = &change.name {
@@ -196,8 +227,10 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
     let refill = refill(change, key)?;
     let remaining = if change.clears("remaining") {
         if refill.is_some() {
-            return Err(Error::invalid("remaining cannot be cleared while the key has a refill")
-                .hint("Clear both: clear => '{remaining,refill}'."));
+            return Err(
+                Error::invalid("remaining cannot be cleared while the key has a refill")
+                    .hint("Clear both: clear => '{remaining,refill}'."),
+            );
         }
         None
     } else if let Some(r) = change.remaining {
@@ -214,7 +247,12 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
         refill,
         rate_limit: rate_limit(change, key)?,
     };
-    Ok(After { name, permissions, metadata, limits })
+    Ok(After {
+        name,
+        permissions,
+        metadata,
+        limits,
+    })
 }
 
 const UPDATE: &str = "
@@ -252,14 +290,30 @@ fn write(id: Uuid, a: &After, now: i64) -> Result<(KeysRow, Option<String>), Err
         timestamptz_arg(Some(now)),
     ];
     let types = [
-        UUIDOID, TEXTOID, BOOLOID, TIMESTAMPTZOID, JSONBOID, JSONBOID, INT8OID, INT8OID, INTERVALOID, BOOLOID,
-        INT4OID, INTERVALOID, TIMESTAMPTZOID,
+        UUIDOID,
+        TEXTOID,
+        BOOLOID,
+        TIMESTAMPTZOID,
+        JSONBOID,
+        JSONBOID,
+        INT8OID,
+        INT8OID,
+        INTERVALOID,
+        BOOLOID,
+        INT4OID,
+        INTERVALOID,
+        TIMESTAMPTZOID,
     ];
     Spi::connect_mut(|client| {
         let statement = spi::statement(client, UPDATE, &types, true)?;
-        let rows = client.update(&*statement, None, &args).map_err(spi::failed)?;
+        let rows = client
+            .update(&*statement, None, &args)
+            .map_err(spi::failed)?;
         let row = rows.first();
-        let key = row.get::<KeysRow>(1).map_err(spi::failed)?.ok_or_else(|| Error::no_such_key(&id))?;
+        let key = row
+            .get::<KeysRow>(1)
+            .map_err(spi::failed)?
+            .ok_or_else(|| Error::no_such_key(&id))?;
         Ok((key, row.get::<String>(2).map_err(spi::failed)?))
     })
 }
@@ -310,13 +364,16 @@ fn api_key_update(
             config.check_narrowing(actor, &key.limits(), &after.limits)?;
         }
         let (row, changed) = write(key.id, &after, now)?;
-        audit::write(&principal, Entry {
-            at: now,
-            action: "update",
-            key_id: Some(key.id),
-            reference: Some(&key.reference),
-            detail: changed,
-        })?;
+        audit::write(
+            &principal,
+            Entry {
+                at: now,
+                action: "update",
+                key_id: Some(key.id),
+                reference: Some(&key.reference),
+                detail: changed,
+            },
+        )?;
         Ok(row)
     })
     .or_raise()

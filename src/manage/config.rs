@@ -15,18 +15,34 @@ use pgrx::spi::SpiHeapTupleData;
 
 /// The columns of `api_key.configs` a configuration consists of, in table order (the same
 /// list is the order of `read`).
-pub const COLUMNS: &str = "id, prefix, body_length, hash_algorithm, default_expires_in, min_expires_in, \
+pub const COLUMNS: &str =
+    "id, prefix, body_length, hash_algorithm, default_expires_in, min_expires_in, \
      max_expires_in, name_required, name_min_length, name_max_length, prefix_min_length, \
      prefix_max_length, metadata_enabled, default_permissions, rate_limit_enabled, rate_limit_max, \
      rate_limit_window, default_remaining, refill_amount, refill_interval, actor_may_raise";
 
 /// The settings `api_key_config_update` accepts: every column but id and the timestamps.
 pub const SETTINGS: [&str; 20] = [
-    "prefix", "body_length", "hash_algorithm", "default_expires_in", "min_expires_in",
-    "max_expires_in", "name_required", "name_min_length", "name_max_length",
-    "prefix_min_length", "prefix_max_length", "metadata_enabled", "default_permissions",
-    "rate_limit_enabled", "rate_limit_max", "rate_limit_window", "default_remaining",
-    "refill_amount", "refill_interval", "actor_may_raise",
+    "prefix",
+    "body_length",
+    "hash_algorithm",
+    "default_expires_in",
+    "min_expires_in",
+    "max_expires_in",
+    "name_required",
+    "name_min_length",
+    "name_max_length",
+    "prefix_min_length",
+    "prefix_max_length",
+    "metadata_enabled",
+    "default_permissions",
+    "rate_limit_enabled",
+    "rate_limit_max",
+    "rate_limit_window",
+    "default_remaining",
+    "refill_amount",
+    "refill_interval",
+    "actor_may_raise",
 ];
 
 #[derive(Clone)]
@@ -122,8 +138,10 @@ impl Config {
     /// Why this configuration is not usable, naming the setting. Pure but for reading the
     /// default permissions' tokens.
     pub fn problem(&self) -> Option<String> {
-        let lifetime = |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_lifetime(name, v).err());
-        let period = |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_period(name, v).err());
+        let lifetime =
+            |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_lifetime(name, v).err());
+        let period =
+            |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_period(name, v).err());
         let lt = |a: Option<Interval>, b: Option<Interval>| match (a, b) {
             (Some(a), Some(b)) => a.comparable() < b.comparable(),
             _ => false,
@@ -161,41 +179,64 @@ impl Config {
         if lt(self.max_expires_in, self.min_expires_in) {
             return Some("min_expires_in must not exceed max_expires_in".into());
         }
-        if lt(self.default_expires_in, self.min_expires_in) || lt(self.max_expires_in, self.default_expires_in) {
-            return Some("default_expires_in must lie between min_expires_in and max_expires_in".into());
+        if lt(self.default_expires_in, self.min_expires_in)
+            || lt(self.max_expires_in, self.default_expires_in)
+        {
+            return Some(
+                "default_expires_in must lie between min_expires_in and max_expires_in".into(),
+            );
         }
-        if !(0..=1024).contains(&self.name_min_length) || !(1..=1024).contains(&self.name_max_length) {
+        if !(0..=1024).contains(&self.name_min_length)
+            || !(1..=1024).contains(&self.name_max_length)
+        {
             return Some("name_min_length must be 0 to 1024 and name_max_length 1 to 1024".into());
         }
         if self.name_min_length > self.name_max_length {
             return Some("name_min_length must not exceed name_max_length".into());
         }
         let prefix_bounds = 0..=key_format::MAX_PREFIX_LEN as i32;
-        if !prefix_bounds.contains(&self.prefix_min_length) || !prefix_bounds.contains(&self.prefix_max_length) {
+        if !prefix_bounds.contains(&self.prefix_min_length)
+            || !prefix_bounds.contains(&self.prefix_max_length)
+        {
             return Some("prefix_min_length and prefix_max_length must be between 0 and 32".into());
         }
         if self.prefix_min_length > self.prefix_max_length {
             return Some("prefix_min_length must not exceed prefix_max_length".into());
         }
-        if !(self.prefix_min_length..=self.prefix_max_length).contains(&(self.prefix.len() as i32)) {
+        if !(self.prefix_min_length..=self.prefix_max_length).contains(&(self.prefix.len() as i32))
+        {
             return Some("prefix must respect prefix_min_length and prefix_max_length".into());
         }
-        if let Some(p) = self.default_permissions.and_then(|v| jsonb::permissions(v).err()) {
+        if let Some(p) = self
+            .default_permissions
+            .and_then(|v| jsonb::permissions(v).err())
+        {
             return Some(format!("default_permissions {p}"));
         }
-        if let Err(p) = rules::rate_limit_from(self.rate_limit_enabled, self.rate_limit_max, self.rate_limit_window) {
+        if let Err(p) = rules::rate_limit_from(
+            self.rate_limit_enabled,
+            self.rate_limit_max,
+            self.rate_limit_window,
+        ) {
             return Some(p);
         }
         if let Some(p) = period("rate_limit_window", self.rate_limit_window) {
             return Some(p);
         }
-        if let Some(p) = self.default_remaining.and_then(|r| rules::check_remaining("default_remaining", r).err()) {
+        if let Some(p) = self
+            .default_remaining
+            .and_then(|r| rules::check_remaining("default_remaining", r).err())
+        {
             return Some(p);
         }
         if let Err(p) = rules::refill_from(self.refill_amount, self.refill_interval) {
             return Some(p);
         }
-        if let Some(bad) = self.actor_may_raise.iter().find(|f| Field::from_name(f).is_none()) {
+        if let Some(bad) = self
+            .actor_may_raise
+            .iter()
+            .find(|f| Field::from_name(f).is_none())
+        {
             return Some(format!(
                 "actor_may_raise: \"{}\" is not one of enabled, expires_at, permissions, remaining, refill, rate_limit",
                 shorten(bad, 32)
@@ -213,13 +254,19 @@ impl Config {
     }
 
     pub fn refill(&self) -> Option<Refill> {
-        rules::refill_from(self.refill_amount, self.refill_interval).ok().flatten()
+        rules::refill_from(self.refill_amount, self.refill_interval)
+            .ok()
+            .flatten()
     }
 
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        rules::rate_limit_from(self.rate_limit_enabled, self.rate_limit_max, self.rate_limit_window)
-            .ok()
-            .flatten()
+        rules::rate_limit_from(
+            self.rate_limit_enabled,
+            self.rate_limit_max,
+            self.rate_limit_window,
+        )
+        .ok()
+        .flatten()
     }
 
     pub fn permissions(&self) -> Permissions {
@@ -245,7 +292,12 @@ impl Config {
     }
 
     /// 42501 when an actor's change lifts a limit this configuration does not let it raise.
-    pub fn check_narrowing(&self, actor: &str, before: &Limits, after: &Limits) -> Result<(), Error> {
+    pub fn check_narrowing(
+        &self,
+        actor: &str,
+        before: &Limits,
+        after: &Limits,
+    ) -> Result<(), Error> {
         match rules::lifted(before, after).into_iter().find(|f| !self.actor_may_raise(*f)) {
             None => Ok(()),
             Some(field) => Err(Error::denied(format!(

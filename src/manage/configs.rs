@@ -4,16 +4,16 @@ use super::audit::{self, Entry};
 use super::config::{self, Config, COLUMNS, SETTINGS};
 use crate::access::Principal;
 use crate::error::{shorten, shorten_quoted, Error, OrRaise};
+use crate::permissions::Token;
 use crate::pg::clock::{self, interval_arg, interval_from, timestamptz_arg};
 use crate::pg::jsonb::Jsonb;
 use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
 use crate::pg::subtransaction::{self, OnSuccess};
-use crate::permissions::Token;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
-use pgrx::PgSqlErrorCode;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
 type ConfigRow = pgrx::composite_type!('static, "api_key.configs");
 
@@ -28,9 +28,28 @@ fn column_list(alias: &str) -> String {
 fn arg_types() -> Vec<pg_sys::Oid> {
     use crate::pg::oids::*;
     vec![
-        TEXTOID, TEXTOID, INT4OID, TEXTOID, INTERVALOID, INTERVALOID, INTERVALOID, BOOLOID,
-        INT4OID, INT4OID, INT4OID, INT4OID, BOOLOID, JSONBOID, BOOLOID, INT4OID, INTERVALOID,
-        INT8OID, INT8OID, INTERVALOID, TEXTARRAYOID, TIMESTAMPTZOID,
+        TEXTOID,
+        TEXTOID,
+        INT4OID,
+        TEXTOID,
+        INTERVALOID,
+        INTERVALOID,
+        INTERVALOID,
+        BOOLOID,
+        INT4OID,
+        INT4OID,
+        INT4OID,
+        INT4OID,
+        BOOLOID,
+        JSONBOID,
+        BOOLOID,
+        INT4OID,
+        INTERVALOID,
+        INT8OID,
+        INT8OID,
+        INTERVALOID,
+        TEXTARRAYOID,
+        TIMESTAMPTZOID,
     ]
 }
 
@@ -160,8 +179,11 @@ fn api_key_config_create(
 /// The top-level keys of a settings object, or 22023 when it is not an object.
 fn setting_names(settings: Jsonb) -> Result<Vec<String>, Error> {
     if !settings.is_object() {
-        return Err(Error::invalid("settings must be a JSON object of configuration settings")
-            .hint(r#"e.g. settings => '{"prefix": "sk_test_", "default_expires_in": "30 days"}'"#));
+        return Err(
+            Error::invalid("settings must be a JSON object of configuration settings").hint(
+                r#"e.g. settings => '{"prefix": "sk_test_", "default_expires_in": "30 days"}'"#,
+            ),
+        );
     }
     let mut depth = 0usize;
     let mut names = Vec::new();
@@ -179,7 +201,10 @@ fn setting_names(settings: Jsonb) -> Result<Vec<String>, Error> {
 /// Change settings of a configuration: `settings => '{"column": value, …}'` (JSON null clears
 /// a setting that may be empty). Applies to keys created afterwards. Service only.
 #[pg_extern(volatile, parallel_unsafe)]
-fn api_key_config_update(id: Option<&str>, settings: Option<Jsonb>) -> pgrx::composite_type!('static, "api_key.configs") {
+fn api_key_config_update(
+    id: Option<&str>,
+    settings: Option<Jsonb>,
+) -> pgrx::composite_type!('static, "api_key.configs") {
     let principal = Principal::of_caller().or_raise();
     as_extension_owner(|| {
         principal.require_service("api_key_config_update")?;

@@ -14,8 +14,8 @@ use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
 use crate::rules::{self, Limits};
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
-use pgrx::prelude::*;
 use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
 use pgrx::Uuid;
 
 pub type CreatedKey = pgrx::composite_type!('static, "api_key.created_key");
@@ -36,7 +36,8 @@ struct Settings {
 pub fn check_name(config: &Config, name: Option<&str>) -> Result<(), Error> {
     let Some(name) = name else {
         if config.name_required {
-            return Err(Error::null("name").hint(format!("Configuration \"{}\" requires a name.", config.id)));
+            return Err(Error::null("name")
+                .hint(format!("Configuration \"{}\" requires a name.", config.id)));
         }
         return Ok(());
     };
@@ -92,14 +93,20 @@ fn expiry(config: &Config, expires_in: Option<Interval>, now: i64) -> Result<Opt
         return Ok(None);
     };
     rules::check_lifetime("expires_in", lifetime).map_err(Error::invalid)?;
-    if let Some(min) = config.min_expires_in.filter(|m| lifetime.comparable() < m.comparable()) {
+    if let Some(min) = config
+        .min_expires_in
+        .filter(|m| lifetime.comparable() < m.comparable())
+    {
         return Err(Error::invalid(format!(
             "expires_in must be at least {} (configuration \"{}\")",
             clock::display_interval(min),
             config.id
         )));
     }
-    if let Some(max) = config.max_expires_in.filter(|m| lifetime.comparable() > m.comparable()) {
+    if let Some(max) = config
+        .max_expires_in
+        .filter(|m| lifetime.comparable() > m.comparable())
+    {
         return Err(Error::invalid(format!(
             "expires_in must be at most {} (configuration \"{}\")",
             clock::display_interval(max),
@@ -187,7 +194,14 @@ const INSERT_KEY: &str = "
                               updated_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $17)";
 
-fn insert(principal: &Principal, reference: &Reference, s: &Settings, secret: &NewSecret, id: Uuid, now: i64) -> Result<(), Error> {
+fn insert(
+    principal: &Principal,
+    reference: &Reference,
+    s: &Settings,
+    secret: &NewSecret,
+    id: Uuid,
+    now: i64,
+) -> Result<(), Error> {
     use crate::pg::oids::*;
     let refill = s.limits.refill;
     let rate_limit = s.limits.rate_limit;
@@ -212,12 +226,30 @@ fn insert(principal: &Principal, reference: &Reference, s: &Settings, secret: &N
         principal.actor().into(),
     ];
     let types = [
-        UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, JSONBOID, JSONBOID,
-        INT8OID, INT8OID, INTERVALOID, BOOLOID, INT4OID, INTERVALOID, TIMESTAMPTZOID, TEXTOID,
+        UUIDOID,
+        TEXTOID,
+        TEXTOID,
+        TEXTOID,
+        TEXTOID,
+        TEXTOID,
+        TEXTOID,
+        TIMESTAMPTZOID,
+        JSONBOID,
+        JSONBOID,
+        INT8OID,
+        INT8OID,
+        INTERVALOID,
+        BOOLOID,
+        INT4OID,
+        INTERVALOID,
+        TIMESTAMPTZOID,
+        TEXTOID,
     ];
     Spi::connect_mut(|client| {
         let statement = spi::statement(client, INSERT_KEY, &types, true)?;
-        client.update(&*statement, None, &args).map_err(spi::failed)?;
+        client
+            .update(&*statement, None, &args)
+            .map_err(spi::failed)?;
         Ok::<_, Error>(())
     })?;
     secret::store(id, secret, &s.config.hash_algorithm, now)
@@ -238,12 +270,15 @@ pub fn created_key(
     expires_at: Option<i64>,
     created_at: i64,
 ) -> Result<CreatedKey, Error> {
-    let internal = |e: &dyn std::fmt::Display| Error::new(
-        pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("api_key: building the created_key row failed: {e}"),
-    );
+    let internal = |e: &dyn std::fmt::Display| {
+        Error::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("api_key: building the created_key row failed: {e}"),
+        )
+    };
     let ts = |t: Option<i64>| t.and_then(|t| TimestampWithTimeZone::try_from(t).ok());
-    let mut row = PgHeapTuple::new_composite_type("api_key.created_key").map_err(|e| internal(&e))?;
+    let mut row =
+        PgHeapTuple::new_composite_type("api_key.created_key").map_err(|e| internal(&e))?;
     (|| {
         row.set_by_name("id", id)?;
         row.set_by_name("key", key)?;
@@ -295,11 +330,16 @@ fn api_key_create(
             metadata,
             remaining,
             (refill_amount, refill_interval.map(interval_from)),
-            (rate_limit_max, rate_limit_window.map(interval_from), rate_limit_enabled),
+            (
+                rate_limit_max,
+                rate_limit_window.map(interval_from),
+                rate_limit_enabled,
+            ),
             now,
         )?;
         if let Some(actor) = principal.actor() {
-            s.config.check_narrowing(actor, &s.config.envelope(), &s.limits)?;
+            s.config
+                .check_narrowing(actor, &s.config.envelope(), &s.limits)?;
         }
         let secret = secret::generate(&s.prefix, s.config.body_length, &s.config.hash_algorithm)?;
         let id = secret::new_key_id(now);
@@ -308,14 +348,27 @@ fn api_key_create(
             "config_id": s.config.id,
             "permissions": s.parsed_permissions.to_json(),
         });
-        audit::write(&principal, Entry {
-            at: now,
-            action: "create",
-            key_id: Some(id),
-            reference: Some(&reference),
-            detail: Some(detail.to_string()),
-        })?;
-        created_key(id, &secret.key, &secret.start, &s.prefix, s.name.as_deref(), &reference, &s.config.id, s.expires_at, now)
+        audit::write(
+            &principal,
+            Entry {
+                at: now,
+                action: "create",
+                key_id: Some(id),
+                reference: Some(&reference),
+                detail: Some(detail.to_string()),
+            },
+        )?;
+        created_key(
+            id,
+            &secret.key,
+            &secret.start,
+            &s.prefix,
+            s.name.as_deref(),
+            &reference,
+            &s.config.id,
+            s.expires_at,
+            now,
+        )
     })
     .or_raise()
 }

@@ -51,7 +51,9 @@ impl KeyRow {
         };
         Spi::connect_mut(|client| {
             let statement = spi::statement(client, &sql, &[pg_sys::UUIDOID], lock)?;
-            let rows = client.update(&*statement, Some(1), &[id.into()]).map_err(spi::failed)?;
+            let rows = client
+                .update(&*statement, Some(1), &[id.into()])
+                .map_err(spi::failed)?;
             let Some(row) = rows.into_iter().next() else {
                 return Ok(None);
             };
@@ -89,13 +91,21 @@ impl KeyRow {
 
     /// The key for `action` by `principal`: P0002 when it does not exist or the principal may
     /// not read it, 42501 when it may read but not do `action`. Locked unless reading.
-    pub fn for_action(principal: &Principal, id: Option<Uuid>, action: Action) -> Result<KeyRow, Error> {
+    pub fn for_action(
+        principal: &Principal,
+        id: Option<Uuid>,
+        action: Action,
+    ) -> Result<KeyRow, Error> {
         let id = id.ok_or_else(|| Error::null("id"))?;
         Self::visible(principal, id, action)?.ok_or_else(|| Error::no_such_key(&id))
     }
 
     /// Like `for_action`, but `None` for a key that does not exist or is not readable.
-    pub fn visible(principal: &Principal, id: Uuid, action: Action) -> Result<Option<KeyRow>, Error> {
+    pub fn visible(
+        principal: &Principal,
+        id: Uuid,
+        action: Action,
+    ) -> Result<Option<KeyRow>, Error> {
         let Some(key) = KeyRow::load(id, false)? else {
             return Ok(None);
         };
@@ -111,7 +121,9 @@ impl KeyRow {
     }
 
     pub fn limits(&self) -> Limits {
-        let refill = rules::refill_from(self.refill_amount, self.refill_interval).ok().flatten();
+        let refill = rules::refill_from(self.refill_amount, self.refill_interval)
+            .ok()
+            .flatten();
         let rate_limit = rules::rate_limit_from(
             self.rate_limit_enabled,
             self.rate_limit_max,

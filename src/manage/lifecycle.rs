@@ -34,16 +34,25 @@ fn api_key_revoke(id: Option<Uuid>) -> bool {
         };
         let detail = Spi::connect_mut(|client| {
             let statement = spi::statement(client, REVOKE, &[pg_sys::UUIDOID], true)?;
-            let rows = client.update(&*statement, None, &[id.into()]).map_err(spi::failed)?;
-            Ok::<_, Error>(rows.into_iter().next().and_then(|r| r.get::<String>(1).ok().flatten()))
+            let rows = client
+                .update(&*statement, None, &[id.into()])
+                .map_err(spi::failed)?;
+            Ok::<_, Error>(
+                rows.into_iter()
+                    .next()
+                    .and_then(|r| r.get::<String>(1).ok().flatten()),
+            )
         })?;
-        audit::write(&principal, Entry {
-            at: clock::now(),
-            action: "revoke",
-            key_id: Some(id),
-            reference: Some(&key.reference),
-            detail,
-        })?;
+        audit::write(
+            &principal,
+            Entry {
+                at: clock::now(),
+                action: "revoke",
+                key_id: Some(id),
+                reference: Some(&key.reference),
+                detail,
+            },
+        )?;
         Ok(true)
     })
     .or_raise()
@@ -60,7 +69,10 @@ const NEW_START: &str = "
 /// A new plaintext for the same key (owner, permissions, limits, credits); the old one keeps
 /// verifying until `grace` has passed (zero: at once). Needs api_key:update.
 #[pg_extern(volatile, parallel_unsafe)]
-fn api_key_rotate(id: Option<Uuid>, grace: default!(Option<pgrx::datum::Interval>, "'0'")) -> pgrx::composite_type!('static, "api_key.created_key") {
+fn api_key_rotate(
+    id: Option<Uuid>,
+    grace: default!(Option<pgrx::datum::Interval>, "'0'"),
+) -> pgrx::composite_type!('static, "api_key.created_key") {
     let principal = Principal::of_caller().or_raise();
     as_extension_owner(|| {
         let id = id.ok_or_else(|| Error::null("id"))?;
@@ -82,22 +94,44 @@ fn api_key_rotate(id: Option<Uuid>, grace: default!(Option<pgrx::datum::Interval
             client
                 .update(&*end, None, &[id.into(), timestamptz_arg(Some(old_until))])
                 .map_err(spi::failed)?;
-            let start = spi::statement(client, NEW_START, &[UUIDOID, TEXTOID, TIMESTAMPTZOID], true)?;
+            let start =
+                spi::statement(client, NEW_START, &[UUIDOID, TEXTOID, TIMESTAMPTZOID], true)?;
             client
-                .update(&*start, None, &[id.into(), new.start.as_str().into(), timestamptz_arg(Some(now))])
+                .update(
+                    &*start,
+                    None,
+                    &[
+                        id.into(),
+                        new.start.as_str().into(),
+                        timestamptz_arg(Some(now)),
+                    ],
+                )
                 .map_err(spi::failed)?;
             Ok::<_, Error>(())
         })?;
         secret::store(id, &new, &config.hash_algorithm, now)?;
         let detail = serde_json::json!({ "grace": clock::display_interval(grace) });
-        audit::write(&principal, Entry {
-            at: now,
-            action: "rotate",
-            key_id: Some(id),
-            reference: Some(&key.reference),
-            detail: Some(detail.to_string()),
-        })?;
-        created_key(id, &new.key, &new.start, &key.prefix, key.name.as_deref(), &key.reference, &key.config_id, key.expires_at, now)
+        audit::write(
+            &principal,
+            Entry {
+                at: now,
+                action: "rotate",
+                key_id: Some(id),
+                reference: Some(&key.reference),
+                detail: Some(detail.to_string()),
+            },
+        )?;
+        created_key(
+            id,
+            &new.key,
+            &new.start,
+            &key.prefix,
+            key.name.as_deref(),
+            &key.reference,
+            &key.config_id,
+            key.expires_at,
+            now,
+        )
     })
     .or_raise()
 }
@@ -121,7 +155,8 @@ fn api_key_delete_expired() -> i64 {
         principal.require_service("api_key_delete_expired")?;
         let now = clock::now();
         let (keys, secrets) = Spi::connect_mut(|client| {
-            let statement = spi::statement(client, DELETE_EXPIRED, &[pg_sys::TIMESTAMPTZOID], true)?;
+            let statement =
+                spi::statement(client, DELETE_EXPIRED, &[pg_sys::TIMESTAMPTZOID], true)?;
             let row = client
                 .update(&*statement, None, &[timestamptz_arg(Some(now))])
                 .map_err(spi::failed)?
@@ -132,13 +167,16 @@ fn api_key_delete_expired() -> i64 {
             ))
         })?;
         let detail = serde_json::json!({ "keys": keys, "rotated_secrets": secrets });
-        audit::write(&principal, Entry {
-            at: now,
-            action: "delete_expired",
-            key_id: None,
-            reference: None,
-            detail: Some(detail.to_string()),
-        })?;
+        audit::write(
+            &principal,
+            Entry {
+                at: now,
+                action: "delete_expired",
+                key_id: None,
+                reference: None,
+                detail: Some(detail.to_string()),
+            },
+        )?;
         Ok(keys + secrets)
     })
     .or_raise()

@@ -43,21 +43,32 @@ fn position(reference: &Reference, after_id: Uuid) -> Result<i64, Error> {
     let stored = Spi::connect(|client| {
         use crate::pg::oids::*;
         let statement = spi::statement(client, POSITION, &[UUIDOID, TEXTOID, TEXTOID], false)?;
-        let args = [after_id.into(), reference.kind.as_str().into(), reference.id.as_str().into()];
+        let args = [
+            after_id.into(),
+            reference.kind.as_str().into(),
+            reference.id.as_str().into(),
+        ];
         Ok::<_, Error>(
             client
                 .select(&*statement, Some(1), &args)
                 .map_err(spi::failed)?
-                .into_iter()
                 .next()
-                .and_then(|r| r.get::<pgrx::datum::TimestampWithTimeZone>(1).ok().flatten())
+                .and_then(|r| {
+                    r.get::<pgrx::datum::TimestampWithTimeZone>(1)
+                        .ok()
+                        .flatten()
+                })
                 .map(micros_of),
         )
     })?;
-    stored.or_else(|| key_id::created_at(after_id.as_bytes())).ok_or_else(|| {
-        Error::invalid(format!("after_id {after_id} is not a key of this reference"))
+    stored
+        .or_else(|| key_id::created_at(after_id.as_bytes()))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "after_id {after_id} is not a key of this reference"
+            ))
             .hint("Start again from the first page (after_id => NULL).")
-    })
+        })
 }
 
 /// Keys of a reference, newest first, `page_size` (1 to 1000) per page; pass the last id of a
@@ -99,7 +110,10 @@ fn api_key_list_for_reference(
                 page_size.into(),
             ];
             let mut rows = Vec::new();
-            for row in client.select(&*statement, None, &args).map_err(spi::failed)? {
+            for row in client
+                .select(&*statement, None, &args)
+                .map_err(spi::failed)?
+            {
                 if let Some(k) = row.get::<KeysRow>(1).map_err(spi::failed)? {
                     rows.push(k);
                 }

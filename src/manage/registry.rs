@@ -11,8 +11,8 @@ use crate::pg::privileged::{as_extension_owner, role_name};
 use crate::pg::spi;
 use crate::pg::{RegClass, RegProcedure};
 use pgrx::pg_sys::{self, Oid};
-use pgrx::PgSqlErrorCode;
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
 const RELATION: &str = "
     SELECT c.relkind::pg_catalog.text, c.oid::pg_catalog.regclass::pg_catalog.text
@@ -29,7 +29,14 @@ const COLUMN: &str = "
        AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped";
 
 const PLAIN_TYPES: [&str; 8] = [
-    "text", "character varying", "character", "name", "uuid", "smallint", "integer", "bigint",
+    "text",
+    "character varying",
+    "character",
+    "name",
+    "uuid",
+    "smallint",
+    "integer",
+    "bigint",
 ];
 
 const SET_SOURCE: &str = "
@@ -44,7 +51,11 @@ fn check_column(relation: Oid, table: &str, column: &str, caller: Oid) -> Result
         use crate::pg::oids::*;
         let statement = spi::statement(client, COLUMN, &[OIDOID, TEXTOID, OIDOID], false)?;
         let rows = client
-            .select(&*statement, Some(1), &[relation.into(), column.into(), caller.into()])
+            .select(
+                &*statement,
+                Some(1),
+                &[relation.into(), column.into(), caller.into()],
+            )
             .map_err(spi::failed)?;
         Ok::<_, Error>(rows.into_iter().next().map(|r| {
             (
@@ -97,7 +108,16 @@ fn api_key_use_membership_table(
                 Ok::<_, Error>(())
             })?;
             let detail = serde_json::json!({ "relation": null }).to_string();
-            return audit::write(&principal, Entry { at: now, action: "membership_source", key_id: None, reference: None, detail: Some(detail) });
+            return audit::write(
+                &principal,
+                Entry {
+                    at: now,
+                    action: "membership_source",
+                    key_id: None,
+                    reference: None,
+                    detail: Some(detail),
+                },
+            );
         };
         let columns = [
             (organization_column, "organization_column"),
@@ -106,13 +126,21 @@ fn api_key_use_membership_table(
         ]
         .map(|(value, argument)| value.ok_or_else(|| Error::null(argument)));
         let [organization_column, user_column, role_column] = columns;
-        let (organization_column, user_column, role_column) = (organization_column?, user_column?, role_column?);
+        let (organization_column, user_column, role_column) =
+            (organization_column?, user_column?, role_column?);
         let (kind, table) = Spi::connect(|client| {
             let statement = spi::statement(client, RELATION, &[pg_sys::OIDOID], false)?;
-            let row = client.select(&*statement, Some(1), &[relation.into()]).map_err(spi::failed)?.first();
+            let row = client
+                .select(&*statement, Some(1), &[relation.into()])
+                .map_err(spi::failed)?
+                .first();
             Ok::<_, Error>((
-                row.get::<String>(1).map_err(spi::failed)?.unwrap_or_default(),
-                row.get::<String>(2).map_err(spi::failed)?.unwrap_or_default(),
+                row.get::<String>(1)
+                    .map_err(spi::failed)?
+                    .unwrap_or_default(),
+                row.get::<String>(2)
+                    .map_err(spi::failed)?
+                    .unwrap_or_default(),
             ))
         })?;
         if !["r", "v", "m", "f", "p"].contains(&kind.as_str()) {
@@ -125,14 +153,21 @@ fn api_key_use_membership_table(
         }
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
-            let statement = spi::statement(client, SET_SOURCE, &[REGCLASSOID, TEXTOID, TEXTOID, TEXTOID], true)?;
+            let statement = spi::statement(
+                client,
+                SET_SOURCE,
+                &[REGCLASSOID, TEXTOID, TEXTOID, TEXTOID],
+                true,
+            )?;
             let args = [
                 unsafe { pgrx::datum::DatumWithOid::new(relation, REGCLASSOID) },
                 organization_column.into(),
                 user_column.into(),
                 role_column.into(),
             ];
-            client.update(&*statement, None, &args).map_err(spi::failed)?;
+            client
+                .update(&*statement, None, &args)
+                .map_err(spi::failed)?;
             Ok::<_, Error>(())
         })?;
         let detail = serde_json::json!({
@@ -141,7 +176,16 @@ fn api_key_use_membership_table(
             "user_column": user_column,
             "role_column": role_column,
         });
-        audit::write(&principal, Entry { at: now, action: "membership_source", key_id: None, reference: None, detail: Some(detail.to_string()) })
+        audit::write(
+            &principal,
+            Entry {
+                at: now,
+                action: "membership_source",
+                key_id: None,
+                reference: None,
+                detail: Some(detail.to_string()),
+            },
+        )
     })
     .or_raise()
 }
@@ -162,7 +206,9 @@ const REGISTER: &str = "
 fn type_name_problem(name: &str) -> Option<&'static str> {
     let ok = (1..=63).contains(&name.len())
         && name.as_bytes()[0].is_ascii_lowercase()
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
     if !ok {
         Some("Use lower-case letters, digits and _, starting with a letter.")
     } else if name == "user" || name == "organization" {

@@ -30,7 +30,9 @@ pub fn generate(prefix: &str, body_length: i32, algorithm: &str) -> Result<NewSe
     };
     let body_length = usize::try_from(body_length).unwrap_or(0);
     if !(min..=key_format::MAX_BODY_LEN).contains(&body_length) {
-        return Err(Error::invalid("body_length is out of range for the configuration's hash"));
+        return Err(Error::invalid(
+            "body_length is out of range for the configuration's hash",
+        ));
     }
     let new = key_format::generate(prefix, body_length);
     let (lookup, argon2_hash) = match algorithm {
@@ -77,7 +79,9 @@ pub fn store(key_id: Uuid, secret: &NewSecret, algorithm: &str, now: i64) -> Res
             secret.argon2_hash.clone().into(),
             timestamptz_arg(Some(now)),
         ];
-        client.update(&*statement, None, &args).map_err(spi::failed)?;
+        client
+            .update(&*statement, None, &args)
+            .map_err(spi::failed)?;
         Ok(())
     })
 }

@@ -28,7 +28,8 @@ pub fn interval_from(iv: pgrx::datum::Interval) -> Interval {
 pub fn interval_datum(iv: Interval) -> Datum {
     // SAFETY: palloc returns memory for one Interval in the current memory context.
     unsafe {
-        let ptr = pg_sys::palloc(std::mem::size_of::<pg_sys::Interval>()).cast::<pg_sys::Interval>();
+        let ptr =
+            pg_sys::palloc(std::mem::size_of::<pg_sys::Interval>()).cast::<pg_sys::Interval>();
         ptr.write(pg_sys::Interval {
             time: iv.micros,
             day: iv.days,
@@ -51,7 +52,9 @@ pub fn timestamptz_arg(ts: Option<i64>) -> DatumWithOid<'static> {
 pub fn interval_arg(iv: Option<Interval>) -> DatumWithOid<'static> {
     match iv {
         // SAFETY: the datum is a palloc'd Interval, the type named.
-        Some(iv) => unsafe { DatumWithOid::new(super::RawDatum(interval_datum(iv)), pg_sys::INTERVALOID) },
+        Some(iv) => unsafe {
+            DatumWithOid::new(super::RawDatum(interval_datum(iv)), pg_sys::INTERVALOID)
+        },
         None => DatumWithOid::null_oid(pg_sys::INTERVALOID),
     }
 }
@@ -75,8 +78,11 @@ pub fn display(ts: i64) -> String {
 pub fn display_interval(iv: Interval) -> String {
     // SAFETY: interval_out of a palloc'd interval returns a palloc'd C string.
     unsafe {
-        pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::interval_out, &[Some(interval_datum(iv))])
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        pgrx::direct_function_call::<&std::ffi::CStr>(
+            pg_sys::interval_out,
+            &[Some(interval_datum(iv))],
+        )
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
     }
 }

@@ -72,7 +72,9 @@ fn scalar(value: &pg_sys::JsonbValue) -> Scalar {
     // SAFETY: the union member read is the one `type_` names.
     unsafe {
         match value.type_ {
-            pg_sys::jbvType::jbvString => Scalar::String(text(value.val.string.val, value.val.string.len)),
+            pg_sys::jbvType::jbvString => {
+                Scalar::String(text(value.val.string.val, value.val.string.len))
+            }
             pg_sys::jbvType::jbvBool => Scalar::Bool(value.val.boolean),
             pg_sys::jbvType::jbvNumeric => {
                 // numeric_out returns a C string, not text.
@@ -80,7 +82,10 @@ fn scalar(value: &pg_sys::JsonbValue) -> Scalar {
                     pg_sys::numeric_out,
                     &[Some(Datum::from(value.val.numeric))],
                 );
-                Scalar::Number(out.map(|c| c.to_string_lossy().into_owned()).unwrap_or_default())
+                Scalar::Number(
+                    out.map(|c| c.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
             }
             _ => Scalar::Null,
         }
@@ -188,7 +193,10 @@ impl IntoDatum for Jsonb {
 unsafe impl<'fcx> ArgAbi<'fcx> for Jsonb {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         // SAFETY: called for non-null arguments only.
-        unsafe { arg.unbox_arg_using_from_datum().expect("a non-null jsonb argument") }
+        unsafe {
+            arg.unbox_arg_using_from_datum()
+                .expect("a non-null jsonb argument")
+        }
     }
 
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> pgrx::nullable::Nullable<Self> {

@@ -48,7 +48,10 @@ macro_rules! reg_type {
         unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for $name {
             unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
                 // SAFETY: called for non-null arguments only, which always convert.
-                unsafe { arg.unbox_arg_using_from_datum().expect("a non-null oid argument") }
+                unsafe {
+                    arg.unbox_arg_using_from_datum()
+                        .expect("a non-null oid argument")
+                }
             }
 
             unsafe fn unbox_nullable_arg(
@@ -78,14 +81,22 @@ macro_rules! reg_type {
     };
 }
 
-reg_type!(RegClass, "regclass", "A relation named by the caller (`regclass`).");
-reg_type!(RegProcedure, "regprocedure", "A function named with its argument types (`regprocedure`).");
+reg_type!(
+    RegClass,
+    "regclass",
+    "A relation named by the caller (`regclass`)."
+);
+reg_type!(
+    RegProcedure,
+    "regprocedure",
+    "A function named with its argument types (`regprocedure`)."
+);
 
 /// Type oids of query arguments, to `use oids::*` without pulling in all of `pg_sys`.
 pub mod oids {
     pub use pgrx::pg_sys::{
         BOOLOID, BYTEAOID, INT4OID, INT8OID, INTERVALOID, JSONBOID, OIDOID, REGCLASSOID,
-        REGPROCEDUREOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID,
-        UUIDARRAYOID, UUIDOID,
+        REGPROCEDUREOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID, UUIDARRAYOID,
+        UUIDOID,
     };
 }

@@ -74,6 +74,8 @@ pub fn attempt<R>(
         (context, owner)
     };
     let f = AssertUnwindSafe(f);
+    // The error is moved once, on the failure path only: its size does not matter.
+    #[allow(clippy::result_large_err)]
     let outcome: Result<R, CaughtError> = PgTryBuilder::new(AssertUnwindSafe(move || {
         let f = f;
         Ok((f.0)())

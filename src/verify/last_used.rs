@@ -160,9 +160,13 @@ fn write(batch: Vec<([u8; 16], i64)>) {
         let result = as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 use crate::pg::oids::*;
-                let ids: Vec<Uuid> = attempt.iter().map(|(id, _)| Uuid::from_bytes(*id)).collect();
+                let ids: Vec<Uuid> = attempt
+                    .iter()
+                    .map(|(id, _)| Uuid::from_bytes(*id))
+                    .collect();
                 let times: Vec<Option<i64>> = attempt.iter().map(|(_, at)| Some(*at)).collect();
-                let statement = spi::statement(client, FLUSH, &[UUIDARRAYOID, TIMESTAMPTZARRAYOID], true)?;
+                let statement =
+                    spi::statement(client, FLUSH, &[UUIDARRAYOID, TIMESTAMPTZARRAYOID], true)?;
                 let times_arg = times_array(times);
                 client
                     .update(&*statement, None, &[ids.into(), times_arg])
@@ -193,7 +197,11 @@ fn times_array(times: Vec<Option<i64>>) -> pgrx::datum::DatumWithOid<'static> {
 /// an error at exit becomes FATAL noise, so every failure is swallowed and the uses are lost.
 #[pg_guard]
 unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
-    let batch: Vec<_> = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().times).into_iter().collect());
+    let batch: Vec<_> = PENDING.with(|p| {
+        std::mem::take(&mut p.borrow_mut().times)
+            .into_iter()
+            .collect()
+    });
     // SAFETY: reads backend-global state.
     let in_transaction = unsafe { pg_sys::IsTransactionOrTransactionBlock() };
     if code != 0 || batch.is_empty() || in_transaction {

@@ -95,7 +95,10 @@ thread_local! {
 
 /// The requested permissions and cost, checked: 22023 for a malformed request, 22004 for a
 /// NULL cost. (The key argument never raises.)
-fn requested(permissions: Option<Jsonb>, cost: Option<i32>) -> Result<(Option<Permissions>, i32), Error> {
+fn requested(
+    permissions: Option<Jsonb>,
+    cost: Option<i32>,
+) -> Result<(Option<Permissions>, i32), Error> {
     let cost = cost.ok_or_else(|| Error::null("cost"))?;
     if cost < 0 {
         return Err(Error::invalid("cost must not be negative"));
@@ -103,7 +106,8 @@ fn requested(permissions: Option<Jsonb>, cost: Option<i32>) -> Result<(Option<Pe
     let permissions = permissions
         .map(|p| {
             jsonb::permissions(p).map_err(|problem| {
-                Error::invalid(format!("permissions {problem}")).hint(r#"Ask like {"files": ["read"]}."#)
+                Error::invalid(format!("permissions {problem}"))
+                    .hint(r#"Ask like {"files": ["read"]}."#)
             })
         })
         .transpose()?;
@@ -170,8 +174,11 @@ pub fn verify(
             .is_some_and(|at| at <= now)
             .then_some(since)
     });
-    let (rate_limit, has_credits, last_used_at) =
-        (found.rate_limit, found.remaining.is_some(), found.last_used_at);
+    let (rate_limit, has_credits, last_used_at) = (
+        found.rate_limit,
+        found.remaining.is_some(),
+        found.last_used_at,
+    );
     let mut out = Outcome::with_key(Code::Valid, found);
 
     let mut counted = None;
@@ -209,7 +216,11 @@ pub fn verify(
 
 fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     fn missing<T>() -> T {
-        Error::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, "type api_key.verification is missing").raise()
+        Error::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "type api_key.verification is missing",
+        )
+        .raise()
     }
     let mut oid = RESULT_TYPE.with(|c| c.get());
     // The type is re-created with the extension: a cached OID that no longer names a row type
@@ -242,7 +253,11 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
     // SAFETY: the datums follow the column types of api_key.verification, in order (jsonb
     // values are detoasted copies; expires_at is a timestamptz by value).
     unsafe { PgHeapTuple::from_datums(desc, datums) }.unwrap_or_else(|e| {
-        Error::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("api_key: {e}")).raise()
+        Error::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("api_key: {e}"),
+        )
+        .raise()
     })
 }
 

@@ -16,8 +16,8 @@
 //! wrong.
 
 use crate::gucs::RATE_LIMIT_SLOTS;
-use pgrx::pg_sys::Oid;
 use pgrx::pg_sys;
+use pgrx::pg_sys::Oid;
 use std::ffi::CStr;
 
 const PARTITIONS: usize = 16;

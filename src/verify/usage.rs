@@ -90,7 +90,12 @@ pub fn require_read_write() {
 
 /// Spend `cost` credits, refilling first when `refill_due` (the refill time `verify` read):
 /// `Ok(left)` when admitted, `Err(left)` when there were too few.
-pub fn spend(key_id: Uuid, cost: i32, refill_due: Option<i64>, now: i64) -> Result<Option<i64>, Option<i64>> {
+pub fn spend(
+    key_id: Uuid,
+    cost: i32,
+    refill_due: Option<i64>,
+    now: i64,
+) -> Result<Option<i64>, Option<i64>> {
     use crate::pg::oids::*;
     Spi::connect_mut(|client| {
         let args = [
@@ -130,7 +135,10 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
     if rate_limit_shmem::available() {
         match rate_limit_shmem::admit(key_id.as_bytes(), max, window_end, now) {
             Decision::Admitted { admitted } => {
-                return Admission::Admitted { admitted, counter: Counter::SharedMemory }
+                return Admission::Admitted {
+                    admitted,
+                    counter: Counter::SharedMemory,
+                }
             }
             Decision::Refused { window_end } => {
                 return Admission::Refused {
@@ -150,11 +158,19 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
         let types = [UUIDOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID];
         if let Some(admitted) = first::<i32>(client, RATE_ADMIT, &types, &args) {
             let admitted = admitted.unwrap_or(max);
-            return Admission::Admitted { admitted, counter: Counter::Table };
+            return Admission::Admitted {
+                admitted,
+                counter: Counter::Table,
+            };
         }
-        let end = first::<pgrx::datum::TimestampWithTimeZone>(client, RATE_PEEK, &[UUIDOID], &[key_id.into()])
-            .flatten()
-            .map_or(window_end, crate::pg::clock::micros_of);
+        let end = first::<pgrx::datum::TimestampWithTimeZone>(
+            client,
+            RATE_PEEK,
+            &[UUIDOID],
+            &[key_id.into()],
+        )
+        .flatten()
+        .map_or(window_end, crate::pg::clock::micros_of);
         // Another backend may have opened the window with a clock reading a little later than
         // ours: never announce more than one window.
         Admission::Refused {
