@@ -410,6 +410,34 @@ def test_dropping_the_membership_table_fails_cleanly(app, service, su):
         service.rows("SELECT api_key_use_membership_table(NULL)")
 
 
+@pytest.mark.parametrize("role_expression,detail", [("(1/0)::text", "22012"), ("NULL::text", None)])
+def test_a_failing_membership_table_refuses(role_expression, detail, app, service, su):
+    """Membership read from application code that raises (or finds no role) is a refusal:
+    42501 for management calls (the application's error in DETAIL), "no" for the policies, and
+    never an error that breaks the caller's read of other keys."""
+    view, o, u = uid("member_v"), uid("org"), uid("u")
+    app.rows(f"CREATE VIEW app.{view} AS SELECT '{o}'::text AS organization_id, '{u}'::text AS user_id, "
+             f"{role_expression} AS role")
+    app.rows(f"GRANT SELECT ON app.{view} TO akt_service")
+    key = create(service, reference_id=o, reference_type="organization")
+    own = create(service, reference_id=u)
+    service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{view}"])
+    try:
+        err = expect_error("42501", create, app, actor=u, reference_id=o, reference_type="organization")
+        if detail:
+            assert detail in (err.diag.message_detail or ""), err.diag.message_detail
+        expect_error("P0002", app.rows, "SELECT * FROM api_key_get(%s)", [key["id"]], actor=u)
+        assert app.val("SELECT api_key_revoke(%s)", [key["id"]], actor=u) is False
+        assert {r["id"] for r in app.rows("SELECT id FROM api_key.keys WHERE reference_id IN (%s, %s)", [o, u],
+                                          actor=u)} == {own["id"]}
+        assert app.rows("SELECT id FROM api_key.organizations WHERE id = %s", [o], actor=u) == []
+        # The service is not affected.
+        assert service.one("SELECT id FROM api_key_get(%s)", [key["id"]])["id"] == key["id"]
+    finally:
+        service.rows("SELECT api_key_use_membership_table(NULL)")
+    assert verify(app, key["key"])["code"] == "VALID"
+
+
 MEMBERSHIP_COLUMN_TYPES = [
     ("text", True), ("varchar(64)", True), ("char(16)", True), ("name", True), ("uuid", True), ("smallint", True),
     ("integer", True), ("bigint", True), ("text_domain", True),

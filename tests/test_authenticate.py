@@ -120,7 +120,7 @@ def test_binding_cannot_be_forged(forgery, keys, app):
 
 
 @pytest.fixture(scope="module")
-def refused_keys(service):
+def refused_keys(service, su):
     user = uid("u")
     base = dict(reference_id=user, permissions='{"documents": ["read"]}')
     k = {
@@ -131,7 +131,8 @@ def refused_keys(service):
         "good": create(service, **base),
     }
     service.rows("SELECT 1 FROM api_key_update(id => %s, enabled => false)", [k["disabled"]["id"]])
-    service.rows("SELECT 1 FROM api_key_update(id => %s, expires_at => now() - interval '1 minute')", [k["expired"]["id"]])
+    # Expired as time would make it (api_key_update sets expiries in the future only).
+    su.rows("UPDATE api_key.keys SET expires_at = now() - interval '1 minute' WHERE id = %s", [k["expired"]["id"]])
     service.rows("SELECT code FROM api_key_verify(%s)", [k["rate_limited"]["key"]])
     return k
 

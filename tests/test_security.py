@@ -1,6 +1,7 @@
 """Hardening an attacker with an application role can probe: what PUBLIC may execute, and
-whether the SECURITY DEFINER entry points can be made to run the caller's functions or
-operators (shadowed through search_path) with the extension owner's rights."""
+whether the entry points that run with the extension owner's rights (SECURITY DEFINER functions,
+and the Rust functions that switch to the owner internally) can be made to run the caller's
+functions or operators (shadowed through search_path) with those rights."""
 
 from __future__ import annotations
 
@@ -108,8 +109,14 @@ def test_verify_does_not_run_the_callers_shadowed_operators(trap, service, su):
 def test_management_functions_do_not_run_the_callers_shadowed_operators(trap, su):
     c, schema = trap["client"], trap["schema"]
     user = uid("u")
-    made = create(c, actor=user, reference_id=user, remaining=5, expires_in="1 day", permissions='{"a": ["b"]}')
-    c.rows("SELECT 1 FROM api_key_update(id => %s, name => 'n', remaining => 3)", [made["id"]], actor=user)
+    # A configuration that lets owners grant permissions, so that the actor's calls take every path.
+    config = uid("cfg")
+    su.rows("SELECT api_key_config_create(%s, actor_may_raise => '{permissions}')", [config])
+    made = create(c, actor=user, reference_id=user, config_id=config, remaining=5, expires_in="1 day",
+                  permissions='{"a": ["b"]}')
+    c.rows("SELECT 1 FROM api_key_update(id => %s, name => 'n', remaining => 3, permissions => '{\"a\": [\"b\", "
+           "\"c\"]}', expires_at => now() + interval '1 hour', rate_limit_max => 5, rate_limit_window => '1 minute')",
+           [made["id"]], actor=user)
     c.rows("SELECT * FROM api_key_list_for_reference(reference_id => %s)", [user], actor=user)
     c.rows("SELECT * FROM api_key_rotate(id => %s, grace => '1 minute')", [made["id"]], actor=user)
     c.rows("SELECT api_key_revoke(%s)", [made["id"]], actor=user)

@@ -1,7 +1,6 @@
 -- Organizations, actors and row-level security at psql. The application connects as an
 -- ordinary role (here reached with SET ROLE: superusers bypass RLS, ordinary roles do not).
 CREATE EXTENSION api_key;
-\set SHOW_CONTEXT never
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'regress_app') THEN CREATE ROLE regress_app; END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'regress_service') THEN CREATE ROLE regress_service; END IF;
@@ -32,6 +31,13 @@ SELECT id AS adam_key_id, key AS adam_key FROM api_key_create(reference_type => 
 SELECT name, created_by FROM api_key.keys ORDER BY name;
 COMMIT;
 
+-- Permissions and usage limits are the service's to grant: an admin creates keys within the
+-- configuration (the default one grants no permissions).
+BEGIN;
+SET LOCAL api_key.actor = 'adam';
+SELECT api_key_create(reference_type => 'organization', reference_id => 'acme', permissions => '{"files": ["read"]}');
+ROLLBACK;
+
 BEGIN;
 SET LOCAL api_key.actor = 'mia';
 SELECT name FROM api_key.keys ORDER BY name;                     -- member: read
@@ -48,10 +54,15 @@ SELECT name FROM api_key_create(reference_type => 'organization', reference_id =
 SELECT api_key_update(:'adam_key_id', name => 'renamed');
 ROLLBACK;
 
+-- For a stranger, acme's keys do not exist: an id answers exactly as an unknown one does
+-- (P0002, "API key <id> does not exist"), and there is nothing to revoke.
 BEGIN;
 SET LOCAL api_key.actor = 'stranger';
 SELECT count(*) AS stranger_sees FROM api_key.keys;
+SELECT api_key_revoke(:'adam_key_id') AS stranger_revoked;
+\set VERBOSITY sqlstate
 SELECT api_key_get(:'adam_key_id');
+\set VERBOSITY default
 ROLLBACK;
 
 BEGIN;
