@@ -51,6 +51,14 @@ impl Error {
         )
     }
 
+    /// 22004: a configuration that requires a name, and none given.
+    pub fn name_required(config_id: &str) -> Self {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("name is required by configuration \"{config_id}\""),
+        )
+    }
+
     /// 42501: not allowed.
     pub fn denied(message: impl Into<String>) -> Self {
         Error::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, message)

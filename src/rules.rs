@@ -169,11 +169,11 @@ impl Field {
     /// Why an actor may not make this change, as the message says it.
     pub fn refusal(self) -> &'static str {
         match self {
-            Field::Enabled => "enable a key",
-            Field::ExpiresAt => "extend or remove a key's expiry",
-            Field::Permissions => "grant permissions a key does not have",
+            Field::Enabled => "enable a disabled key",
+            Field::ExpiresAt => "extend or remove an expiry",
+            Field::Permissions => "add permissions",
             Field::Remaining => "add credits or make them unlimited",
-            Field::Refill => "add a refill or make it larger or more frequent",
+            Field::Refill => "add a refill, or make one larger or more frequent",
             Field::RateLimit => "remove or loosen a rate limit",
         }
     }

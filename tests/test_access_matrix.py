@@ -473,8 +473,6 @@ def test_membership_columns_must_be_of_plain_types(column_type, accepted, app, s
         service.rows("SELECT api_key_use_membership_table(NULL)")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: api_key_use_membership_table raises 23505 (membership_source_pkey) "
-                                       "when a membership table is already configured")
 def test_pointing_at_another_membership_table_replaces_the_first(app, service, su):
     first, second = uid("member"), uid("member")
     o, u = uid("org"), uid("u")

@@ -312,15 +312,7 @@ def ctx(app, service, su):
             "cfg": cfg, "actor": ACTOR}
 
 
-NULL_SETTING_BUG = ("BUG: api_key_config_update stores JSON null for a NOT NULL setting as ''/false/0/'{}' "
-                    "instead of refusing it (22004)")
-KNOWN_BUGS: dict[str, str] = {
-    f"config_update-{setting}-null": NULL_SETTING_BUG
-    for setting in ("prefix", "name_required", "metadata_enabled", "name_min_length", "prefix_min_length",
-                    "rate_limit_enabled", "actor_may_raise")
-}
-PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c.id])]
-                       if c.id in KNOWN_BUGS else []) for c in CASES]
+PARAMS = [pytest.param(c, id=c.id) for c in CASES]
 
 
 @pytest.mark.parametrize("case", PARAMS)

@@ -198,8 +198,7 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
     }
     let name = if change.clears("name") {
         if config.name_required {
-            return Err(Error::null("name")
-                .hint(format!("Configuration \"{}\" requires a name.", config.id)));
+            return Err(Error::name_required(&config.id));
         }
         None
     } else if let Some(name) = &change.name {

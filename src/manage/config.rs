@@ -70,44 +70,49 @@ pub struct Config {
     pub actor_may_raise: Vec<String>,
 }
 
-/// Reads a row whose columns are `COLUMNS`, in order. NOT NULL columns read as their
-/// "unset" value only if a caller bypassed the table (they are checked by `problem`).
+/// Reads a row whose columns are `COLUMNS`, in order. A NULL in a column that may not be
+/// NULL (a settings object can ask for one) is 22004, naming the setting.
 pub fn read(row: &SpiHeapTupleData<'_>) -> Result<Config, Error> {
-    let text = |n| row.get::<String>(n).map(Option::unwrap_or_default);
-    let int = |n| row.get::<i32>(n);
+    fn required<T>(value: Option<T>, setting: &str) -> Result<T, Error> {
+        value.ok_or_else(|| Error::null(setting))
+    }
+    let text = |n, name| required(row.get::<String>(n).map_err(spi::failed)?, name);
+    let int = |n, name| required(row.get::<i32>(n).map_err(spi::failed)?, name);
+    let flag = |n, name| required(row.get::<bool>(n).map_err(spi::failed)?, name);
     let interval = |n| {
         row.get::<pgrx::datum::Interval>(n)
             .map(|v| v.map(interval_from))
+            .map_err(spi::failed)
     };
-    let flag = |n| row.get::<bool>(n).map(|v| v.unwrap_or(false));
+    let actor_may_raise = required(
+        row.get::<Vec<Option<String>>>(21).map_err(spi::failed)?,
+        "actor_may_raise",
+    )?
+    .into_iter()
+    .map(|f| f.ok_or_else(|| Error::null("an element of actor_may_raise")))
+    .collect::<Result<_, _>>()?;
     Ok(Config {
-        id: text(1).map_err(spi::failed)?,
-        prefix: text(2).map_err(spi::failed)?,
-        body_length: int(3).map_err(spi::failed)?.unwrap_or(0),
-        hash_algorithm: text(4).map_err(spi::failed)?,
-        default_expires_in: interval(5).map_err(spi::failed)?,
-        min_expires_in: interval(6).map_err(spi::failed)?,
-        max_expires_in: interval(7).map_err(spi::failed)?,
-        name_required: flag(8).map_err(spi::failed)?,
-        name_min_length: int(9).map_err(spi::failed)?.unwrap_or(0),
-        name_max_length: int(10).map_err(spi::failed)?.unwrap_or(0),
-        prefix_min_length: int(11).map_err(spi::failed)?.unwrap_or(0),
-        prefix_max_length: int(12).map_err(spi::failed)?.unwrap_or(0),
-        metadata_enabled: flag(13).map_err(spi::failed)?,
+        id: text(1, "id")?,
+        prefix: text(2, "prefix")?,
+        body_length: int(3, "body_length")?,
+        hash_algorithm: text(4, "hash_algorithm")?,
+        default_expires_in: interval(5)?,
+        min_expires_in: interval(6)?,
+        max_expires_in: interval(7)?,
+        name_required: flag(8, "name_required")?,
+        name_min_length: int(9, "name_min_length")?,
+        name_max_length: int(10, "name_max_length")?,
+        prefix_min_length: int(11, "prefix_min_length")?,
+        prefix_max_length: int(12, "prefix_max_length")?,
+        metadata_enabled: flag(13, "metadata_enabled")?,
         default_permissions: row.get::<Jsonb>(14).map_err(spi::failed)?,
-        rate_limit_enabled: flag(15).map_err(spi::failed)?,
-        rate_limit_max: int(16).map_err(spi::failed)?,
-        rate_limit_window: interval(17).map_err(spi::failed)?,
+        rate_limit_enabled: flag(15, "rate_limit_enabled")?,
+        rate_limit_max: row.get::<i32>(16).map_err(spi::failed)?,
+        rate_limit_window: interval(17)?,
         default_remaining: row.get::<i64>(18).map_err(spi::failed)?,
         refill_amount: row.get::<i64>(19).map_err(spi::failed)?,
-        refill_interval: interval(20).map_err(spi::failed)?,
-        actor_may_raise: row
-            .get::<Vec<Option<String>>>(21)
-            .map_err(spi::failed)?
-            .unwrap_or_default()
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect(),
+        refill_interval: interval(20)?,
+        actor_may_raise,
     })
 }
 
@@ -306,9 +311,9 @@ impl Config {
                 field.refusal()
             ))
             .hint(format!(
-                "The service may change it, or allow actors to with actor_may_raise => '{{{}}}' on configuration \"{}\".",
-                field.name(),
-                self.id
+                "Ask the service, or let actors raise it on configuration \"{}\": actor_may_raise => '{{{}}}'.",
+                self.id,
+                field.name()
             ))),
         }
     }

@@ -233,18 +233,21 @@ fn api_key_config_update(
               WHERE c.id OPERATOR(pg_catalog.=) $1",
             column_list("p")
         );
-        let updated = subtransaction::attempt(OnSuccess::Discard, false, || {
+        // The conversion runs in a subtransaction that is rolled back: its error (a value of
+        // the wrong type) is the caller's mistake, reported as 22023. A NULL for a setting that
+        // may not be NULL is found when the row is read: 22004, naming it.
+        let populated = subtransaction::attempt(OnSuccess::Discard, false, || {
             Spi::connect(|client| {
                 let statement = spi::statement(client, &populate, &[pg_sys::TEXTOID, pg_sys::JSONBOID], false)
                     .unwrap_or_else(|e| e.raise());
                 let rows = client
                     .select(&*statement, Some(1), &[id.into(), settings.into()])
                     .unwrap_or_else(|e| spi::failed(e).raise());
-                rows.into_iter().next().map(|row| config::read(&row).unwrap_or_else(|e| e.raise()))
+                rows.into_iter().next().map(|row| config::read(&row))
             })
         })
-        .map_err(|f| Error::invalid(format!("settings: {}", shorten_quoted(&f.message))))?
-        .ok_or_else(|| Error::no_such_config(id))?;
+        .map_err(|f| Error::invalid(format!("settings: {}", shorten_quoted(&f.message))))?;
+        let updated = populated.ok_or_else(|| Error::no_such_config(id))??;
         updated.check()?;
         let now = clock::now();
         let assignments: Vec<String> = COLUMNS

@@ -36,8 +36,7 @@ struct Settings {
 pub fn check_name(config: &Config, name: Option<&str>) -> Result<(), Error> {
     let Some(name) = name else {
         if config.name_required {
-            return Err(Error::null("name")
-                .hint(format!("Configuration \"{}\" requires a name.", config.id)));
+            return Err(Error::name_required(&config.id));
         }
         return Ok(());
     };

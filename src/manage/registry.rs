@@ -39,10 +39,13 @@ const PLAIN_TYPES: [&str; 8] = [
     "bigint",
 ];
 
+// One row at most (its key is the constant `singleton`): a new table replaces the last.
 const SET_SOURCE: &str = "
-    WITH gone AS (DELETE FROM api_key.membership_source)
-    INSERT INTO api_key.membership_source (relation, organization_column, user_column, role_column)
-    VALUES ($1, $2, $3, $4)";
+    INSERT INTO api_key.membership_source AS s (relation, organization_column, user_column, role_column)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (singleton) DO UPDATE
+       SET relation = excluded.relation, organization_column = excluded.organization_column,
+           user_column = excluded.user_column, role_column = excluded.role_column";
 
 const RESET_SOURCE: &str = "DELETE FROM api_key.membership_source";
 

@@ -167,9 +167,10 @@ pub fn held_permissions(value: Option<Jsonb>) -> Permissions {
 /// A caller's metadata value, checked: a JSON object, within the size bound.
 pub fn metadata_problem(value: Jsonb) -> Option<String> {
     if !value.is_object() {
-        let kind = match value.tokens().next() {
-            Some(Token::BeginArray { raw_scalar: false }) => "an array",
-            _ => "a scalar",
+        let mut tokens = value.tokens();
+        let kind = match (tokens.next(), tokens.next()) {
+            (Some(Token::BeginArray { raw_scalar: true }), Some(Token::Scalar(s))) => s.kind(),
+            _ => "an array",
         };
         return Some(format!("must be a JSON object or NULL, not {kind}"));
     }
