@@ -19,3 +19,27 @@ pub fn local_xid() -> u32 {
         }
     }
 }
+
+/// `index_beginscan`: PostgreSQL 18 added an instrumentation argument (NULL: none).
+///
+/// # Safety
+/// As `index_beginscan`: open relations and a registered snapshot.
+pub unsafe fn index_beginscan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+    norderbys: i32,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        {
+            pg_sys::index_beginscan(heap, index, snapshot, nkeys, norderbys)
+        }
+        #[cfg(feature = "pg18")]
+        {
+            pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, norderbys)
+        }
+    }
+}

@@ -168,7 +168,7 @@ unsafe fn begin_equality_scan(
             pg_sys::Oid::from(eq_proc),
             value,
         );
-        let scan = pg_sys::index_beginscan(heap, index, snapshot, 1, 0);
+        let scan = crate::pg::compat::index_beginscan(heap, index, snapshot, 1, 0);
         (*scan).xs_want_itup = want_index_tuple;
         pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
         (heap, index, scan)
