@@ -58,6 +58,8 @@ CREATE TABLE api_key.configs (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     -- Fields actors may raise past the configuration's (or the key's) value; see docs.
     actor_may_raise     text[] NOT NULL DEFAULT '{}',
+    -- Whether actors (not only the service) may create keys of this configuration.
+    actor_may_create    boolean NOT NULL DEFAULT false,
     CHECK (hash_algorithm <> 'argon2id' OR body_length >= 40),
     CHECK (min_expires_in IS NULL OR max_expires_in IS NULL OR min_expires_in <= max_expires_in),
     CHECK (name_min_length <= name_max_length),
@@ -67,7 +69,8 @@ CREATE TABLE api_key.configs (
 );
 COMMENT ON TABLE api_key.configs IS 'Named key configurations: format, hashing, expiry bounds, name rules and usage defaults. "default" is created at install.';
 COMMENT ON COLUMN api_key.configs.actor_may_raise IS 'Limits actors (not only the service) may raise: any of enabled, expires_at, permissions, remaining, refill, rate_limit';
-INSERT INTO api_key.configs (id) VALUES ('default');
+COMMENT ON COLUMN api_key.configs.actor_may_create IS 'Whether actors may create keys of this configuration (else only the service); true for "default"';
+INSERT INTO api_key.configs (id, actor_may_create) VALUES ('default', true);
 
 -- One CHECK only, the invariant verification relies on: PostgreSQL rebuilds every CHECK
 -- expression of a table for each UPDATE statement it executes, and credits update this table

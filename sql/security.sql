@@ -130,7 +130,7 @@ COMMENT ON FUNCTION @extschema@.api_key_rotate(uuid, interval) IS
     'New plaintext for the same key (owner, permissions, limits, credits); the old one works until grace has passed';
 COMMENT ON FUNCTION @extschema@.api_key_delete_expired() IS
     'Delete expired keys and rotated-away secrets past their grace; returns how many of both. Service only.';
-COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[]) IS
+COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean) IS
     'Create a named key configuration. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_config_update(text, jsonb) IS
     'Change settings of a configuration: settings => ''{"column": value, …}'' (JSON null clears). Applies to keys created afterwards. Service only.';

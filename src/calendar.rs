@@ -48,6 +48,27 @@ impl Interval {
     pub fn is_positive(&self) -> bool {
         self.comparable() > 0
     }
+
+    /// Does any part (months, days, time) count backwards? `'1 month -30 days'` does: its
+    /// length depends on the month it starts in, and is negative from some dates.
+    pub fn has_negative_part(&self) -> bool {
+        self.months < 0 || self.days < 0 || self.micros < 0
+    }
+
+    /// Is this at least as long as `other` whatever date it starts on? A month lasts 28 to 31
+    /// days, so `'1 month'` is at least `'28 days'` but not at least `'30 days'`. Sound, and
+    /// exact when the months agree. For intervals without negative parts.
+    pub fn at_least(&self, other: &Interval) -> bool {
+        let rest = |i: &Interval| i.days as i128 * MICROS_PER_DAY as i128 + i.micros as i128;
+        let extra = rest(self) - rest(other);
+        let months = self.months as i128 - other.months as i128;
+        let day = MICROS_PER_DAY as i128;
+        if months >= 0 {
+            months * 28 * day + extra >= 0
+        } else {
+            extra >= -months * 31 * day
+        }
+    }
 }
 
 /// Julian day number of a Gregorian date (PostgreSQL's `date2j`).
@@ -156,6 +177,17 @@ pub fn subtract(ts: i64, interval: Interval) -> Option<i64> {
     )
 }
 
+/// `ts + period` for a period that recurs (a rate-limit window, a refill interval). Periods are
+/// refused with negative parts when they are set; one stored before that rule (0.1.0) counts
+/// months as 30 days, as 0.1.0 did, so that its length does not depend on the date.
+pub fn add_period(ts: i64, period: Interval) -> Option<i64> {
+    if !period.has_negative_part() {
+        return add(ts, period);
+    }
+    let length = i64::try_from(period.comparable()).ok()?;
+    in_range(ts.checked_add(length)?)
+}
+
 /// Unix microseconds of a PostgreSQL timestamp.
 pub fn to_unix_micros(ts: i64) -> i64 {
     ts.saturating_add(946_684_800_000_000)
@@ -231,6 +263,55 @@ mod tests {
             Some(NEGATIVE_INFINITY)
         );
         assert_eq!(subtract(0, Interval::new(i32::MIN, 0, 0)), None);
+    }
+
+    #[test]
+    fn at_least_holds_whatever_the_month() {
+        let month = Interval::new(1, 0, 0);
+        assert!(month.at_least(&Interval::new(0, 28, 0)));
+        assert!(!month.at_least(&Interval::new(0, 29, 0)));
+        assert!(month.at_least(&month));
+        assert!(Interval::new(0, 31, 0).at_least(&month));
+        assert!(!Interval::new(0, 30, 0).at_least(&month));
+        assert!(Interval::new(2, 0, 0).at_least(&Interval::new(1, 28, 0)));
+        assert!(Interval::new(0, 0, 3_600_000_000).at_least(&Interval::new(0, 0, 1)));
+        // Checked against the calendar: for every start in 2024 and 2025, a length that
+        // `at_least` accepts is never shorter.
+        let start0 = add(0, Interval::years(24)).unwrap();
+        let candidates = [
+            Interval::new(1, 0, 0),
+            Interval::new(0, 28, 0),
+            Interval::new(0, 31, 0),
+            Interval::new(1, 3, 0),
+            Interval::new(2, 0, 0),
+            Interval::new(0, 59, 0),
+            Interval::new(0, 62, 0),
+            Interval::new(1, 0, 86_399_999_999),
+        ];
+        for day in 0..730 {
+            let t = start0 + day * MICROS_PER_DAY;
+            for a in &candidates {
+                for b in &candidates {
+                    if a.at_least(b) {
+                        assert!(
+                            add(t, *a).unwrap() >= add(t, *b).unwrap(),
+                            "{a:?} vs {b:?} at day {day}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn periods_with_negative_parts_count_months_as_30_days() {
+        let odd = Interval::new(-12, 360, 3_600_000_000);
+        assert!(odd.has_negative_part());
+        assert_eq!(add_period(0, odd), Some(3_600_000_000));
+        assert_eq!(
+            add_period(0, Interval::new(1, 0, 0)),
+            add(0, Interval::new(1, 0, 0))
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! relative to the key as it is (at update) or to its configuration (at create), unless the
 //! configuration lists the field in `actor_may_raise`.
 
-use crate::calendar::Interval;
+use crate::calendar::{self, Interval};
 use crate::permissions::Permissions;
 
 pub const MAX_LIFETIME: Interval = Interval::years(100);
@@ -34,37 +34,49 @@ pub struct RateLimit {
 /// Why a value is refused; displayed as the whole message (it names the argument).
 pub type Problem = String;
 
-/// A lifetime (`expires_in`, a configuration's `*_expires_in`): positive, at most 100 years.
-pub fn check_lifetime(argument: &str, lifetime: Interval) -> Result<(), Problem> {
+fn check_duration(
+    argument: &str,
+    duration: Interval,
+    max: Interval,
+    what: &str,
+    now: i64,
+) -> Result<(), Problem> {
+    if duration.has_negative_part() {
+        return Err(format!(
+            "{argument} must not have negative parts (its length would depend on the date)"
+        ));
+    }
+    let end = calendar::add(now, duration);
+    let limit = calendar::add(now, max);
+    if end.is_none() || end > limit {
+        return Err(format!("{argument} must be at most {what}"));
+    }
+    Ok(())
+}
+
+/// A lifetime (`expires_in`, a configuration's `*_expires_in`): positive, without negative
+/// parts, ending at most 100 years after `now`.
+pub fn check_lifetime(argument: &str, lifetime: Interval, now: i64) -> Result<(), Problem> {
+    check_duration(argument, lifetime, MAX_LIFETIME, "100 years", now)?;
     if !lifetime.is_positive() {
         return Err(format!("{argument} must be positive"));
     }
-    if lifetime.comparable() > MAX_LIFETIME.comparable() {
-        return Err(format!("{argument} must be at most 100 years"));
-    }
     Ok(())
 }
 
-/// A period (`rate_limit_window`, `refill_interval`): positive, at most 10 years.
-pub fn check_period(argument: &str, period: Interval) -> Result<(), Problem> {
+/// A period (`rate_limit_window`, `refill_interval`): positive, without negative parts, at most
+/// 10 years (from `now`, as the calendar counts).
+pub fn check_period(argument: &str, period: Interval, now: i64) -> Result<(), Problem> {
+    check_duration(argument, period, MAX_PERIOD, "10 years", now)?;
     if !period.is_positive() {
         return Err(format!("{argument} must be positive"));
     }
-    if period.comparable() > MAX_PERIOD.comparable() {
-        return Err(format!("{argument} must be at most 10 years"));
-    }
     Ok(())
 }
 
-/// A rotation's grace: zero or positive, at most 10 years.
-pub fn check_grace(grace: Interval) -> Result<(), Problem> {
-    if grace.comparable() < 0 {
-        return Err("grace must be zero or positive".into());
-    }
-    if grace.comparable() > MAX_PERIOD.comparable() {
-        return Err("grace must be at most 10 years".into());
-    }
-    Ok(())
+/// A rotation's grace: zero or positive, without negative parts, at most 10 years.
+pub fn check_grace(grace: Interval, now: i64) -> Result<(), Problem> {
+    check_duration("grace", grace, MAX_PERIOD, "10 years", now)
 }
 
 pub fn check_remaining(argument: &str, remaining: i64) -> Result<(), Problem> {
@@ -74,7 +86,8 @@ pub fn check_remaining(argument: &str, remaining: i64) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `refill_amount` and `refill_interval` as given (each possibly absent) into a refill.
+/// `refill_amount` and `refill_interval` as given (each possibly absent) into a refill. The
+/// interval's bounds are checked where it is given (`check_period`).
 pub fn refill_from(
     amount: Option<i64>,
     interval: Option<Interval>,
@@ -85,14 +98,14 @@ pub fn refill_from(
             if amount <= 0 {
                 return Err("refill_amount must be positive".into());
             }
-            check_period("refill_interval", interval)?;
             Ok(Some(Refill { amount, interval }))
         }
         _ => Err("refill_amount and refill_interval go together".into()),
     }
 }
 
-/// `rate_limit_max` and `rate_limit_window` into a rate limit, when enabled.
+/// `rate_limit_max` and `rate_limit_window` into a rate limit, when enabled. The window's
+/// bounds are checked where it is given (`check_period`).
 pub fn rate_limit_from(
     enabled: bool,
     max: Option<i32>,
@@ -102,9 +115,6 @@ pub fn rate_limit_from(
         if max <= 0 {
             return Err("rate_limit_max must be positive".into());
         }
-    }
-    if let Some(window) = window {
-        check_period("rate_limit_window", window)?;
     }
     match (enabled, max, window) {
         (false, _, _) => Ok(None),
@@ -184,9 +194,7 @@ fn wider_refill(before: &Limits, after: &Limits) -> bool {
         (_, None) => false,
         // Unlimited credits before: any refill is a limit.
         (None, Some(_)) => before.remaining.is_some(),
-        (Some(b), Some(a)) => {
-            a.amount > b.amount || a.interval.comparable() < b.interval.comparable()
-        }
+        (Some(b), Some(a)) => a.amount > b.amount || !a.interval.at_least(&b.interval),
     }
 }
 
@@ -194,7 +202,7 @@ fn wider_rate_limit(before: Option<RateLimit>, after: Option<RateLimit>) -> bool
     match (before, after) {
         (None, _) => false,
         (Some(_), None) => true,
-        (Some(b), Some(a)) => a.max > b.max || a.window.comparable() < b.window.comparable(),
+        (Some(b), Some(a)) => a.max > b.max || !a.window.at_least(&b.window),
     }
 }
 
@@ -350,15 +358,46 @@ mod tests {
 
     #[test]
     fn bounds_on_durations() {
-        assert!(check_lifetime("expires_in", Interval::years(100)).is_ok());
-        assert!(check_lifetime("expires_in", Interval::years(101)).is_err());
-        assert!(check_lifetime("expires_in", Interval::new(0, 0, 0)).is_err());
-        assert!(check_period("rate_limit_window", Interval::new(0, 3600, 0)).is_ok());
-        // As PostgreSQL compares intervals, 10 years are 3600 days.
-        assert!(check_period("rate_limit_window", Interval::new(0, 3601, 0)).is_err());
-        assert!(check_period("rate_limit_window", Interval::years(300_000)).is_err());
-        assert!(check_grace(Interval::new(0, 0, 0)).is_ok());
-        assert!(check_grace(Interval::new(0, -1, 0)).is_err());
+        let now = 0; // 2000-01-01
+        assert!(check_lifetime("expires_in", Interval::years(100), now).is_ok());
+        assert!(check_lifetime("expires_in", Interval::years(101), now).is_err());
+        assert!(check_lifetime("expires_in", Interval::new(0, 0, 0), now).is_err());
+        assert!(check_period("rate_limit_window", Interval::new(0, 3652, 0), now).is_ok());
+        assert!(check_period("rate_limit_window", Interval::new(0, 3654, 0), now).is_err());
+        assert!(check_period("rate_limit_window", Interval::years(300_000), now).is_err());
+        assert!(check_grace(Interval::new(0, 0, 0), now).is_ok());
+        assert!(check_grace(Interval::new(0, -1, 0), now).is_err());
+    }
+
+    #[test]
+    fn durations_with_negative_parts_are_refused() {
+        // Compares equal to 1 hour, yet adds almost minus 5 days to most dates.
+        let odd = Interval::new(-12, 360, 3_600_000_000);
+        assert!(check_period("rate_limit_window", odd, 0)
+            .unwrap_err()
+            .contains("negative parts"));
+        assert!(check_lifetime("expires_in", Interval::new(3_000_000, -89_999_999, 0), 0).is_err());
+        assert!(check_grace(Interval::new(71_582_788, -2_147_483_639, 0), 0).is_err());
+    }
+
+    #[test]
+    fn a_month_and_thirty_days_are_not_interchangeable() {
+        let month = Limits {
+            rate_limit: Some(RateLimit {
+                max: 1,
+                window: Interval::new(1, 0, 0),
+            }),
+            ..base()
+        };
+        let thirty = Limits {
+            rate_limit: Some(RateLimit {
+                max: 1,
+                window: Interval::new(0, 30, 0),
+            }),
+            ..base()
+        };
+        assert_eq!(lifted(&month, &thirty), vec![Field::RateLimit]);
+        assert_eq!(lifted(&thirty, &month), vec![Field::RateLimit]);
     }
 
     #[test]

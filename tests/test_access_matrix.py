@@ -347,14 +347,14 @@ def test_organization_override_replaces_role_defaults(app, service, su):
 # --- Bring your own membership table (better-auth's `member`) -------------------------------
 
 @pytest.fixture
-def byo_member(app, service):
+def byo_member(app, service, su):
     """app.member owned by the application, as better-auth creates it; membership read live."""
     table = uid("member")
     app.rows(f'CREATE TABLE app.{table} (id text PRIMARY KEY, "organizationId" text NOT NULL, '
              f'"userId" text NOT NULL, role text NOT NULL)')
     # The role that configures the membership source must be able to read it.
     app.rows(f"GRANT SELECT ON app.{table} TO akt_service")
-    service.rows("SELECT api_key_use_membership_table(relation => %s::regclass, organization_column => 'organizationId', "
+    su.rows("SELECT api_key_use_membership_table(relation => %s::regclass, organization_column => 'organizationId', "
                  "user_column => 'userId', role_column => 'role')", [f"app.{table}"])
     try:
         yield f"app.{table}"
@@ -393,7 +393,7 @@ def test_dropping_the_membership_table_fails_cleanly(app, service, su):
     table = uid("member")
     app.rows(f"CREATE TABLE app.{table} (organization_id text, user_id text, role text)")
     app.rows(f"GRANT SELECT ON app.{table} TO akt_service")
-    service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{table}"])
+    su.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{table}"])
     o = uid("org")
     create(service, reference_id=o, reference_type="organization")
     try:
@@ -421,7 +421,7 @@ def test_a_failing_membership_table_refuses(role_expression, detail, app, servic
     app.rows(f"GRANT SELECT ON app.{view} TO akt_service")
     key = create(service, reference_id=o, reference_type="organization")
     own = create(service, reference_id=u)
-    service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{view}"])
+    su.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{view}"])
     try:
         err = expect_error("42501", create, app, actor=u, reference_id=o, reference_type="organization")
         if detail:
@@ -457,16 +457,15 @@ def test_membership_columns_must_be_of_plain_types(column_type, accepted, app, s
         app.rows(f"CREATE DOMAIN app.{table}_text AS text CHECK (VALUE <> '')")
         column_type = f"app.{table}_text"
     app.rows(f"CREATE TABLE app.{table} (organization_id text, user_id text, role {column_type})")
-    app.rows(f"GRANT SELECT ON app.{table} TO akt_service")
     call = ("SELECT api_key_use_membership_table(%s::regclass, organization_column => 'organization_id', "
             "user_column => 'user_id', role_column => 'role')")
     try:
         if accepted:
-            service.rows(call, [f"app.{table}"])
+            su.rows(call, [f"app.{table}"])
             assert su.val("SELECT relation::text FROM api_key.membership_source") == f"app.{table}"
         else:
             before = su.rows("SELECT * FROM api_key.membership_source")
-            err = expect_error("22023", service.rows, call, [f"app.{table}"])
+            err = expect_error("22023", su.rows, call, [f"app.{table}"])
             assert '"role"' in err.diag.message_primary, err.diag.message_primary
             assert su.rows("SELECT * FROM api_key.membership_source") == before
     finally:
@@ -481,10 +480,10 @@ def test_pointing_at_another_membership_table_replaces_the_first(app, service, s
         app.rows(f"GRANT SELECT ON app.{table} TO akt_service")
     app.rows(f"INSERT INTO app.{second} VALUES (%s, %s, 'owner')", [o, u])
     try:
-        service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{first}"])
+        su.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{first}"])
         expect_error("42501", create, app, actor=u, reference_id=o, reference_type="organization")
         # No reset in between: the second table replaces the first.
-        service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{second}"])
+        su.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{second}"])
         assert su.val("SELECT relation::text FROM api_key.membership_source") == f"app.{second}"
         assert create(app, actor=u, reference_id=o, reference_type="organization")["reference_id"] == o
     finally:
@@ -506,7 +505,7 @@ def test_membership_relation_code_does_not_run_as_superuser(app, service, su):
     app.rows(f"CREATE VIEW app.{view} AS SELECT 'probe_org'::text AS organization_id, 'probe_user'::text AS user_id, "
              f"app.{fn}() AS role")
     app.rows(f"GRANT SELECT ON app.{view} TO akt_service")
-    service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{view}"])
+    su.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{view}"])
     notices = []
 
     def handler(d):
@@ -637,3 +636,46 @@ def test_deleting_the_organization_row_leaves_its_keys_working(service, app, su)
     run_op("update", service, None, "organization", o, key["id"])
     assert [r["id"] for r in service.rows("SELECT id FROM api_key.keys_without_creator WHERE reference_id = %s", [o])] \
         == [key["id"]]
+
+
+def test_a_membership_source_is_read_with_no_more_rights_than_its_registrant_has(app, service, su):
+    """The extension reads a membership relation as its owner: the role that points the
+    extension at it must be able to act as that owner. Else a service role could read, through
+    membership answers, views that show a superuser more (FDW passwords, other sessions' queries)
+    or rows that row-level security hides from it."""
+    table = uid("member")
+    app.rows(f"CREATE TABLE app.{table} (organization_id text, user_id text, role text)")
+    app.rows(f"GRANT SELECT ON app.{table} TO akt_service")
+    before = su.rows("SELECT * FROM api_key.membership_source")
+    for relation, columns in [
+        ("information_schema.user_mapping_options", ("authorization_identifier", "option_name", "option_value")),
+        ("pg_catalog.pg_stat_activity", ("usename", "usename", "query")),
+        (f"app.{table}", ("organization_id", "user_id", "role")),
+    ]:
+        err = expect_error("42501", service.rows, "SELECT api_key_use_membership_table(%s::regclass, "
+                           "organization_column => %s, user_column => %s, role_column => %s)", [relation, *columns])
+        assert "may not act as" in err.diag.message_primary
+    assert su.rows("SELECT * FROM api_key.membership_source") == before
+    # A service role that is a member of the owner's role may.
+    su.rows("GRANT akt_app TO akt_service")
+    try:
+        service.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{table}"])
+        service.rows("SELECT api_key_use_membership_table(NULL)")
+    finally:
+        su.rows("REVOKE akt_app FROM akt_service")
+
+
+def test_membership_ids_compare_byte_for_byte(app, su, service):
+    """A case-insensitive collation on the application's table does not make ALICE alice."""
+    table = uid("member")
+    su.rows("CREATE COLLATION IF NOT EXISTS public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+    app.rows(f"CREATE TABLE app.{table} (organization_id text COLLATE public.ci, user_id text COLLATE public.ci, "
+             "role text)")
+    app.rows(f"INSERT INTO app.{table} VALUES ('acme_ci', 'alice', 'owner')")
+    su.rows("SELECT api_key_use_membership_table(%s::regclass)", [f"app.{table}"])
+    try:
+        assert app.val("SELECT api_key.is_member('acme_ci')", actor="alice") is True
+        assert app.val("SELECT api_key.is_member('acme_ci')", actor="ALICE") is False
+        assert app.val("SELECT api_key.is_member('ACME_CI')", actor="alice") is False
+    finally:
+        service.rows("SELECT api_key_use_membership_table(NULL)")

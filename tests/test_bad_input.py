@@ -306,7 +306,7 @@ def ctx(app, service, su):
     mine = create(app, actor=ACTOR, reference_id=ACTOR)
     other = create(su, reference_id=OTHER)
     cfg = uid("bad_cfg")
-    service.rows("SELECT * FROM api_key_config_create(id => %s)", [cfg])
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true)", [cfg])
     create(service, reference_id=uid("svc"), config_id=cfg)
     return {"id": mine["id"], "key": mine["key"], "other_id": other["id"], "other_key": other["key"],
             "cfg": cfg, "actor": ACTOR}

@@ -281,7 +281,8 @@ def hostile_membership(attacker, service, su):
 @pytest.mark.parametrize("relation", ["table", "view"])
 def test_a_membership_table_cannot_reach_privileged_code(attacker, hostile_membership, service, su, relation):
     c, schema, notices = attacker["client"], attacker["schema"], attacker["notices"]
-    service.rows("SELECT api_key_use_membership_table(%s::regclass)", [hostile_membership[relation]])
+    # The superuser points at it (the service role may not act as the table's owner).
+    su.rows("SELECT api_key_use_membership_table(%s::regclass)", [hostile_membership[relation]])
     c.rows(f"SET search_path = {schema}, pg_catalog, public")
     made = c.one("SELECT id FROM api_key_create(reference_type => 'organization', reference_id => 'org_h')", actor="boss")
     assert c.val("SELECT count(*) FROM api_key.keys WHERE id = %s", [made["id"]], actor="boss") == 1
@@ -451,3 +452,87 @@ def test_no_error_of_the_extension_carries_a_backtrace_or_internal_sql(app):
         text = "\n".join(str(x) for x in (d.message_primary, d.message_detail, d.message_hint, d.context) if x)
         assert err.sqlstate != "XX000", text
         assert not re.search(r"backtrace|\.rs:\d+|panicked|SQL statement|PL/pgSQL function", text), text
+
+
+# --- What the review of the fix found, each kept as a test of its kind ------------------------
+
+@pytest.fixture
+def registered(attacker, su):
+    """Registers an authorizer (by a superuser) and a key of its type; yields a function."""
+    made = []
+
+    def register(body: str, answer: str = "true"):
+        c, schema = attacker["client"], attacker["schema"]
+        fn = authorizer(c, schema, body, answer=answer)
+        kind = "k_" + uid("t")[2:12]
+        su.rows("SELECT api_key_register_reference_type(%s, %s::regprocedure)", [kind, f"{fn}(text,text,text)"])
+        key = su.one("SELECT id, key FROM api_key_create(reference_type => %s, reference_id => 'p1')", [kind])
+        made.append(kind)
+        return {"kind": kind, "id": key["id"], "key": key["key"]}
+
+    yield register
+    for kind in made:
+        su.rows("DELETE FROM api_key.keys WHERE reference_type = %s", [kind])
+        su.rows("DELETE FROM api_key.reference_types WHERE reference_type = %s", [kind])
+
+
+@pytest.mark.parametrize("errcode", ["40001", "40P01", "57014", "XX000", "53200"])
+def test_an_error_an_authorizer_raises_never_breaks_other_readers(registered, app, errcode):
+    """Forged "retry" or "cancel" SQLSTATEs are refusals like any error: reading api_key.keys
+    keeps working for every actor, and management calls get 42501."""
+    made = registered(f"RAISE EXCEPTION 'no' USING ERRCODE = '{errcode}';")
+    assert app.val("SELECT count(*) FROM api_key.keys WHERE id = %s", [made["id"]], actor="u1") == 0
+    expect_error("42501", app.rows, "SELECT * FROM api_key_list_for_reference(reference_type => %s, "
+                 "reference_id => 'p1')", [made["kind"]], actor="u1")
+
+
+def test_a_genuine_statement_timeout_in_an_authorizer_still_cancels(registered, app, new_client):
+    made = registered("PERFORM pg_catalog.pg_sleep(2);")
+    c = new_client(APP)
+    c.rows("SET statement_timeout = '200ms'")
+    started = time.monotonic()
+    expect_error("57014", c.rows, "SELECT * FROM api_key_list_for_reference(reference_type => %s, "
+                 "reference_id => 'p1')", [made["kind"]], actor="u1")
+    assert time.monotonic() - started < 1.5
+
+
+def test_application_code_does_not_see_or_replace_the_transactions_key(registered, app, service, new_client):
+    """Inside an authorizer the binding reads as NULL, and an authentication it makes is undone."""
+    other = service.one("SELECT key FROM api_key_create(reference_id => 'someone_else')")["key"]
+    made = registered(f"""IF @extschema@.api_key_current_reference_id() IS NOT NULL THEN
+                              RAISE EXCEPTION 'saw the binding'; END IF;
+                          PERFORM @extschema@.api_key_authenticate('{other}');""".replace("@extschema@", "public"))
+    mine = service.one("SELECT key FROM api_key_create(reference_id => 'u_bound')")["key"]
+    c = new_client(APP)
+    with c.tx(actor="u1") as conn:
+        conn.execute("SELECT api_key_authenticate(%s)", [mine])
+        rows = conn.execute("SELECT count(*) AS n FROM api_key.keys WHERE id = %s", [made["id"]]).fetchone()
+        assert rows["n"] == 1, "the authorizer did not answer yes: it saw the binding"
+        assert conn.execute("SELECT api_key_current_reference_id() AS r").fetchone()["r"] == "u_bound"
+
+
+def test_policy_helpers_refuse_what_management_refuses(registered, app, attacker):
+    """An id no management call would accept never reaches an authorizer."""
+    notices = attacker["notices"]
+    made = registered(f"RAISE NOTICE 'api_key_trap authorizer ran as %', current_user;")
+    for bad in ["x" * 100_002, "p1\n", "\x01", ""]:
+        assert app.val("SELECT api_key.may(%s, %s, 'read')", [made["kind"], bad], actor="u1") is False
+        assert app.val("SELECT api_key.is_member(%s)", [bad], actor="u1") is False
+    assert notices.traps() == []
+
+
+def test_rolling_back_a_reauthentication_gives_the_earlier_key_back(app, service, new_client):
+    a = service.one("SELECT key FROM api_key_create(reference_id => 'tenant_a')")["key"]
+    b = service.one("SELECT key FROM api_key_create(reference_id => 'tenant_b')")["key"]
+    c = new_client(APP)
+    with c.tx() as conn:
+        conn.execute("SELECT api_key_authenticate(%s)", [a])
+        conn.execute("SAVEPOINT s")
+        conn.execute("SELECT api_key_authenticate(%s)", [b])
+        assert conn.execute("SELECT api_key_current_reference_id() AS r").fetchone()["r"] == "tenant_b"
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        assert conn.execute("SELECT api_key_current_reference_id() AS r").fetchone()["r"] == "tenant_a"
+        conn.execute("SAVEPOINT t")
+        conn.execute("SELECT api_key_authenticate(%s)", [b])
+        conn.execute("RELEASE SAVEPOINT t")
+        assert conn.execute("SELECT api_key_current_reference_id() AS r").fetchone()["r"] == "tenant_b"

@@ -29,7 +29,7 @@ def test_answers_are_the_same_index_only(su, service):
 
 def test_argon2id_keys_index_only(su, service):
     cfg = uid("slow")
-    su.rows("SELECT api_key_config_create(%s, hash_algorithm => 'argon2id', body_length => 40)", [cfg])
+    su.rows("SELECT api_key_config_create(%s, actor_may_create => true, hash_algorithm => 'argon2id', body_length => 40)", [cfg])
     made = create(service, reference_id=uid("u"), config_id=cfg)
     vacuum(su)
     assert verify(service, made["key"])["code"] == "VALID"

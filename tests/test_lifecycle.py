@@ -361,7 +361,7 @@ def test_rate_limit_retry_after_then_admitted_again(app):
 
 def test_config_scoping_and_config_defaults(app, service):
     cfg = uid("cfg")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, prefix => 'xk_live_', default_expires_in => '7 days', "
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, prefix => 'xk_live_', default_expires_in => '7 days', "
                  "default_permissions => '{\"files\": [\"read\"]}', rate_limit_enabled => true, "
                  "rate_limit_max => 100, rate_limit_window => '1 minute', default_remaining => 50)", [cfg])
     user, made = user_key(app, config_id=cfg)
@@ -385,7 +385,7 @@ def test_config_scoping_and_config_defaults(app, service):
 
 def test_config_changes_apply_to_keys_created_afterwards(app, service):
     cfg = uid("cfg")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, prefix => 'ok_')", [cfg])
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, prefix => 'ok_')", [cfg])
     user, old = user_key(app, config_id=cfg)
     service.rows("SELECT * FROM api_key_config_update(id => %s, settings => '{\"prefix\": \"nk_\", "
                  "\"rate_limit_enabled\": true, \"rate_limit_max\": 1, \"rate_limit_window\": \"1 hour\"}')", [cfg])
@@ -402,7 +402,7 @@ def test_config_changes_apply_to_keys_created_afterwards(app, service):
 
 def test_update_respects_config_max_expiry(app, service):
     cfg = uid("cfg")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, max_expires_in => '30 days')", [cfg])
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, max_expires_in => '30 days')", [cfg])
     expect_error("22004", create, app, actor="u_x", reference_id="u_x", config_id=cfg)
     expect_error("22023", create, app, actor="u_x", reference_id="u_x", config_id=cfg, expires_in="31 days")
     user, made = user_key(app, config_id=cfg, expires_in="29 days")
@@ -422,7 +422,7 @@ def test_update_respects_config_max_expiry(app, service):
                                      '{"name_min_length": 1, "name_max_length": 3}'])
 def test_existing_key_can_be_disabled_after_the_config_tightens(tighten, app, service):
     cfg = uid("cfg")
-    service.rows("SELECT * FROM api_key_config_create(id => %s)", [cfg])
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true)", [cfg])
     user, made = user_key(app, config_id=cfg, metadata='{"a": 1}', **({"name": "a long name"} if "max" in tighten else {}))
     service.rows("SELECT * FROM api_key_config_update(id => %s, settings => %s::jsonb)", [cfg, tighten])
     row = app.one("SELECT enabled FROM api_key_update(id => %s, enabled => false)", [made["id"]], actor=user)
@@ -479,7 +479,7 @@ def test_many_management_calls_in_one_statement_and_transaction(service, su):
 
 def test_argon2id_configuration(app, service, su):
     cfg = uid("argon")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, hash_algorithm => 'argon2id', body_length => 40, "
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, hash_algorithm => 'argon2id', body_length => 40, "
                  "prefix => 'ak_')", [cfg])
     user, made = user_key(app, config_id=cfg)
     k = made["key"]
@@ -515,7 +515,7 @@ def test_prefixes_must_end_where_a_scanner_sees_them_end(prefix, app, service, s
 ])
 def test_key_format_extremes(prefix, body_length, algorithm, app, service):
     cfg = uid("fmt")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, prefix => %s, body_length => %s, hash_algorithm => %s)",
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, prefix => %s, body_length => %s, hash_algorithm => %s)",
                  [cfg, prefix, body_length, algorithm])
     user, made = user_key(app, config_id=cfg)
     k = made["key"]
@@ -609,7 +609,7 @@ def test_no_plaintext_anywhere(app, service, su):
     """Every column of every table in schema api_key, as superuser (behind RLS), for every key
     made here: neither the key nor its body appears."""
     cfg = uid("argon")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, hash_algorithm => 'argon2id', body_length => 40)", [cfg])
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, hash_algorithm => 'argon2id', body_length => 40)", [cfg])
     user = uid("u")
     keys = [create(service, reference_id=user, name="n", permissions='{"f": ["r"]}', metadata='{"m": 1}',
                    remaining=10, rate_limit_max=5, rate_limit_window="1 minute")]
@@ -646,7 +646,7 @@ def test_no_plaintext_anywhere(app, service, su):
 
 def test_empty_prefix_with_shortest_body_verifies(app, service):
     cfg = uid("short")
-    service.rows("SELECT * FROM api_key_config_create(id => %s, body_length => 22)", [cfg])
+    service.rows("SELECT * FROM api_key_config_create(id => %s, actor_may_create => true, body_length => 22)", [cfg])
     user, made = user_key(app, config_id=cfg, prefix="")
     assert len(made["key"]) == 28
     assert verify(app, made["key"])["code"] == "VALID"

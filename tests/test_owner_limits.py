@@ -73,7 +73,7 @@ def test_disabling_is_for_good_unless_the_configuration_says_otherwise(app, serv
     app.rows("SELECT api_key_update(%s, enabled => false)", [made["id"]], actor=user)
     expect_error("42501", app.rows, "SELECT api_key_update(%s, enabled => true)", [made["id"]], actor=user)
     config = uid("pausable")
-    service.rows("SELECT api_key_config_create(%s, actor_may_raise => '{enabled}')", [config])
+    service.rows("SELECT api_key_config_create(%s, actor_may_create => true, actor_may_raise => '{enabled}')", [config])
     paused = create(app, actor=user, reference_id=user, config_id=config)
     app.rows("SELECT api_key_update(%s, enabled => false)", [paused["id"]], actor=user)
     app.rows("SELECT api_key_update(%s, enabled => true)", [paused["id"]], actor=user)
@@ -83,7 +83,7 @@ def test_disabling_is_for_good_unless_the_configuration_says_otherwise(app, serv
 def test_actors_create_keys_within_their_configuration(app, service):
     user = uid("u")
     config = uid("cfg")
-    service.rows("SELECT api_key_config_create(%s, default_permissions => '{\"files\": [\"read\", \"write\"]}', "
+    service.rows("SELECT api_key_config_create(%s, actor_may_create => true, default_permissions => '{\"files\": [\"read\", \"write\"]}', "
                  "default_remaining => 100, rate_limit_enabled => true, rate_limit_max => 10, "
                  "rate_limit_window => '1 minute', refill_amount => 100, refill_interval => '1 day')", [config])
     ok = create(app, actor=user, reference_id=user, config_id=config, permissions='{"files": ["read"]}',
@@ -104,7 +104,7 @@ def test_actors_create_keys_within_their_configuration(app, service):
 def test_a_configuration_can_let_owners_manage_a_field(app, service):
     user = uid("u")
     config = uid("selfserve")
-    service.rows("SELECT api_key_config_create(%s, actor_may_raise => '{permissions,remaining}')", [config])
+    service.rows("SELECT api_key_config_create(%s, actor_may_create => true, actor_may_raise => '{permissions,remaining}')", [config])
     made = create(app, actor=user, reference_id=user, config_id=config, permissions='{"files": ["read"]}',
                   remaining=10)
     app.rows("SELECT api_key_update(%s, remaining => 500, permissions => '{\"files\": [\"read\", \"write\"]}')",
@@ -214,6 +214,14 @@ def test_credits_and_refill_combinations(service):
     "SELECT * FROM api_key_update(%(id)s, expires_at => 'infinity')",
     "SELECT * FROM api_key_config_create(%(cfg)s, default_expires_in => '300000 years')",
     "SELECT * FROM api_key_config_create(%(cfg)s, rate_limit_enabled => true, rate_limit_max => 1, rate_limit_window => '300000 years')",
+    # Negative parts: '-12 mons +360 days +1 hour' compares equal to 1 hour but adds about
+    # minus 5 days; others overflow the calendar although they compare as small.
+    "SELECT * FROM api_key_update(%(id)s, rate_limit_max => 1, rate_limit_window => '-12 mons +360 days +1 hour')",
+    "SELECT * FROM api_key_update(%(id)s, remaining => 1, refill_amount => 1, refill_interval => '-12 mons +360 days +1 hour')",
+    "SELECT * FROM api_key_create(reference_id => %(u)s, expires_in => '3000000 mons -89999999 days')",
+    "SELECT * FROM api_key_create(reference_id => %(u)s, expires_in => '-12 mons +361 days')",
+    "SELECT * FROM api_key_rotate(%(id)s, grace => '71582788 mons -2147483639 days')",
+    "SELECT * FROM api_key_config_create(%(cfg)s, max_expires_in => '1 mon -29 days')",
 ])
 def test_every_duration_has_a_bound(service, su, call):
     user = uid("u")
@@ -222,3 +230,38 @@ def test_every_duration_has_a_bound(service, su, call):
     expect_error("22023", service.rows, call, {"u": user, "id": made["id"], "cfg": uid("cfg")})
     assert su.val("SELECT count(*) FROM api_key.audit_log") == before
     assert verify(service, made["key"])["code"] == "VALID"
+
+
+def test_configurations_are_the_services_unless_they_let_actors_create(app, service):
+    """A configuration the service keeps for itself (partner keys with billing:write, say) is not
+    a way for an actor to get those permissions: actors create keys only of configurations that
+    let them (the default one does)."""
+    user = uid("u")
+    partner = uid("partner")
+    service.rows("SELECT api_key_config_create(%s, default_permissions => '{\"billing\": [\"write\"]}')", [partner])
+    err = expect_error("42501", app.rows, "SELECT * FROM api_key_create(reference_id => %s, config_id => %s)",
+                       [user, partner], actor=user)
+    assert "only the service" in err.diag.message_primary
+    made = create(service, reference_id=user, config_id=partner)
+    assert verify(app, made["key"], permissions='{"billing": ["write"]}')["code"] == "VALID"
+    service.rows("SELECT api_key_config_update(%s, '{\"actor_may_create\": true}')", [partner])
+    create(app, actor=user, reference_id=user, config_id=partner)
+
+
+def test_a_month_is_not_thirty_days_for_an_owner(app, service):
+    """Switching a window between '1 month' and '30 days' shortens it in some months: an owner
+    may do neither; and max_expires_in is counted on the calendar."""
+    user = uid("u")
+    made = create(service, reference_id=user, rate_limit_max=5, rate_limit_window="1 month")
+    expect_error("42501", app.rows, "SELECT api_key_update(%s, rate_limit_window => '30 days')", [made["id"]],
+                 actor=user)
+    app.rows("SELECT api_key_update(%s, rate_limit_window => '31 days')", [made["id"]], actor=user)
+    cfg = uid("monthly")
+    service.rows("SELECT api_key_config_create(%s, max_expires_in => '30 days', actor_may_create => true)", [cfg])
+    # A calendar month from today is 28 to 31 days: refused when it is longer than 30 days.
+    longer = service.val("SELECT (now() AT TIME ZONE 'UTC' + interval '1 month') > (now() AT TIME ZONE 'UTC' + interval '30 days')")
+    call = "SELECT * FROM api_key_create(reference_id => %s, config_id => %s, expires_in => '1 month')"
+    if longer:
+        expect_error("22023", app.rows, call, [user, cfg], actor=user)
+    else:
+        app.rows(call, [user, cfg], actor=user)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 
 import psycopg
 import pytest
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.skipif(not _can_run_clusters(), reason="scripts/cluster
 
 
 def cluster(cmd: str) -> str:
-    env = {**os.environ, "PG_EXTRA_OPTS": "-c shared_preload_libraries=api_key"}
+    # The fewest slots there can be (16 partitions of 64), so that tests can fill them.
+    env = {**os.environ, "PG_EXTRA_OPTS": "-c shared_preload_libraries=api_key -c api_key.rate_limit_slots=1024"}
     out = subprocess.run(["bash", str(SCRIPT), cmd, CLUSTER], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, f"cluster.sh {cmd} {CLUSTER}: {out.stdout}{out.stderr}"
     return out.stdout.strip()
@@ -139,3 +141,35 @@ def test_a_monthly_window_is_a_calendar_month(port, db):
     expected = c.execute("SELECT extract(epoch FROM ((now() AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'"
                          " - now())) * 1000 AS ms").fetchone()["ms"]
     assert abs(retry - float(expected)) < 5_000
+
+
+@pytest.fixture
+def full(db):
+    """Shared memory filled with 3-second windows (1,600 keys for 1,024 slots)."""
+    c = db("preload_full")
+    fillers = [r["key"] for r in c.execute(
+        "SELECT (api_key_create(reference_id => 'filler', rate_limit_max => 1, rate_limit_window => '3 seconds')).key"
+        " FROM generate_series(1, 1600)").fetchall()]
+    victim = c.execute("SELECT key FROM api_key_create('victim', rate_limit_max => 3, rate_limit_window => '1 hour')"
+                       ).fetchone()["key"]
+    for key in fillers:
+        code(c, key)
+    return {"conn": c, "victim": victim}
+
+
+def test_a_key_counted_in_the_table_stays_there_for_its_window(full):
+    """Without a free slot a key is counted in the table; when slots free up, its window
+    does not start again in shared memory (it would admit more than max in one window)."""
+    c, victim = full["conn"], full["victim"]
+    assert [code(c, victim)["code"] for _ in range(4)] == ["VALID", "VALID", "VALID", "RATE_LIMITED"]
+    assert c.execute("SELECT count(*) FROM api_key.rate_limit_windows").fetchone()["count"] >= 1
+    time.sleep(3.5)  # the fillers' windows end: slots are free again
+    assert [code(c, victim)["code"] for _ in range(3)] == ["RATE_LIMITED"] * 3
+
+
+def test_without_a_slot_a_read_only_verification_is_refused_not_an_error(full):
+    c, victim = full["conn"], full["victim"]
+    with c.transaction():
+        c.execute("SET TRANSACTION READ ONLY")
+        row = code(c, victim)
+    assert row["code"] == "RATE_LIMITED" and row["retry_after_ms"] > 0

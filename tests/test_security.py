@@ -111,7 +111,7 @@ def test_management_functions_do_not_run_the_callers_shadowed_operators(trap, su
     user = uid("u")
     # A configuration that lets owners grant permissions, so that the actor's calls take every path.
     config = uid("cfg")
-    su.rows("SELECT api_key_config_create(%s, actor_may_raise => '{permissions}')", [config])
+    su.rows("SELECT api_key_config_create(%s, actor_may_create => true, actor_may_raise => '{permissions}')", [config])
     made = create(c, actor=user, reference_id=user, config_id=config, remaining=5, expires_in="1 day",
                   permissions='{"a": ["b"]}')
     c.rows("SELECT 1 FROM api_key_update(id => %s, name => 'n', remaining => 3, permissions => '{\"a\": [\"b\", "

@@ -14,7 +14,15 @@
 //!   `set_config(…, false)`), every row it wrote, every lock it took is undone, and the user
 //!   id and security context are restored;
 //! - an error it raises is caught and becomes a `Failure` (a refusal for the caller), except a
-//!   cancel, a serialization failure or a deadlock, which reach the client as themselves.
+//!   genuine cancel or statement timeout, which reaches the client as itself (one the code
+//!   raises itself with that SQLSTATE is a refusal like any other error);
+//! - it does not see the transaction's authenticated key (`api_key_current_*` answer NULL
+//!   inside), and an `api_key_authenticate` it calls is undone with the subtransaction.
+//!
+//! What PostgreSQL itself does not roll back cannot be undone here: session-level advisory
+//! locks, sequence values, the random seed. Nor can the code be kept from reading the session's
+//! settings or the rows of the transaction it runs in. Registering an authorizer or a
+//! membership table is trusting that code with the sessions that trigger it (docs).
 
 use crate::pg::privileged::{function_owner, relation_owner, PinnedPath};
 use crate::pg::spi;
@@ -40,7 +48,7 @@ fn sandboxed<R>(owner: Oid, f: impl FnOnce() -> R) -> Result<R, Failure> {
             );
         }
         let path = PinnedPath::enter();
-        let result = f();
+        let result = crate::verify::binding::hidden(f);
         path.restore(false);
         // SAFETY: restores what was saved above.
         unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
@@ -52,6 +60,7 @@ fn gone(what: String) -> Failure {
     Failure {
         sqlstate: PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
         message: what,
+        genuine_cancel: false,
     }
 }
 
@@ -142,10 +151,12 @@ impl MembershipTable {
         };
         // Identifiers are quoted; the values are bound parameters. The columns were checked
         // at registration to be of built-in types whose text form needs no application code.
+        // Compared byte for byte (collation "C"), as user ids are compared everywhere else: a
+        // case-insensitive collation on the table must not make "ALICE" a member as "alice".
         let sql = format!(
             "SELECT m.{}::pg_catalog.text FROM {}.{} AS m \
-              WHERE m.{}::pg_catalog.text OPERATOR(pg_catalog.=) $1 \
-                AND m.{}::pg_catalog.text OPERATOR(pg_catalog.=) $2 LIMIT 1",
+              WHERE m.{}::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) $1 \
+                AND m.{}::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) $2 LIMIT 1",
             quoted(&self.role_column),
             quoted(&schema),
             quoted(&table),

@@ -291,6 +291,17 @@ pub fn refusal_error(
     }
 }
 
+/// The work of deciding on an organization, for an answer that needs none (no such key, or a
+/// user key of someone else): refusals then take about the same time whatever their reason.
+pub fn decoy_decision(principal: &Principal) -> Result<(), Error> {
+    if let Principal::Actor { actor, .. } = principal {
+        if let Err(Unreadable::Internal(e)) = membership::role_of("", actor) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// 42501 unless `principal` may do `action` to the keys of `reference`. Runs as the
 /// extension owner.
 pub fn authorize(

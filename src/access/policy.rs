@@ -132,6 +132,10 @@ mod api_key {
         ) else {
             return false;
         };
+        // What a management call would refuse never reaches membership or an authorizer.
+        if super::super::id_problem(id).is_some() || super::super::id_problem(kind).is_some() {
+            return false;
+        }
         let Some(principal) = Principal::for_policy() else {
             return false;
         };
@@ -147,7 +151,9 @@ mod api_key {
     #[pg_extern(stable, parallel_unsafe)]
     pub fn is_member(organization_id: Option<&str>) -> bool {
         match (organization_id, Principal::for_policy()) {
-            (Some(org), Some(principal)) => is_member_for(&principal, org),
+            (Some(org), Some(principal)) if super::super::id_problem(org).is_none() => {
+                is_member_for(&principal, org)
+            }
             _ => false,
         }
     }
@@ -157,6 +163,9 @@ mod api_key {
     #[pg_extern(stable, parallel_unsafe)]
     pub fn creator_left(organization_id: Option<&str>, created_by: Option<&str>) -> Option<bool> {
         let (org, creator) = (organization_id?, created_by?);
+        if super::super::id_problem(org).is_some() || super::super::id_problem(creator).is_some() {
+            return None;
+        }
         let principal = Principal::for_policy()?;
         let reference = Reference {
             kind: "organization".into(),

@@ -147,9 +147,12 @@ fn expiry(
     Ok(Some(at))
 }
 
-fn refill(change: &Change, key: &KeyRow) -> Result<Option<Refill>, Error> {
+fn refill(change: &Change, key: &KeyRow, now: i64) -> Result<Option<Refill>, Error> {
     if change.clears("refill") {
         return Ok(None);
+    }
+    if let Some(interval) = change.refill_interval {
+        rules::check_period("refill_interval", interval, now).map_err(Error::invalid)?;
     }
     let current = rules::refill_from(key.refill_amount, key.refill_interval)
         .ok()
@@ -169,8 +172,11 @@ fn refill(change: &Change, key: &KeyRow) -> Result<Option<Refill>, Error> {
     }
 }
 
-fn rate_limit(change: &Change, key: &KeyRow) -> Result<Option<RateLimit>, Error> {
+fn rate_limit(change: &Change, key: &KeyRow, now: i64) -> Result<Option<RateLimit>, Error> {
     // Only given values are checked: a key keeps the limits it was made with.
+    if let Some(window) = change.rate_limit_window {
+        rules::check_period("rate_limit_window", window, now).map_err(Error::invalid)?;
+    }
     rules::rate_limit_from(false, change.rate_limit_max, change.rate_limit_window)
         .map_err(Error::invalid)?;
     let given = change.rate_limit_max.is_some() || change.rate_limit_window.is_some();
@@ -223,7 +229,7 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
     } else {
         key.metadata
     };
-    let refill = refill(change, key)?;
+    let refill = refill(change, key, now)?;
     let remaining = if change.clears("remaining") {
         if refill.is_some() {
             return Err(
@@ -244,7 +250,7 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
         permissions: crate::pg::jsonb::held_permissions(permissions),
         remaining,
         refill,
-        rate_limit: rate_limit(change, key)?,
+        rate_limit: rate_limit(change, key, now)?,
     };
     Ok(After {
         name,

@@ -19,10 +19,11 @@ pub const COLUMNS: &str =
     "id, prefix, body_length, hash_algorithm, default_expires_in, min_expires_in, \
      max_expires_in, name_required, name_min_length, name_max_length, prefix_min_length, \
      prefix_max_length, metadata_enabled, default_permissions, rate_limit_enabled, rate_limit_max, \
-     rate_limit_window, default_remaining, refill_amount, refill_interval, actor_may_raise";
+     rate_limit_window, default_remaining, refill_amount, refill_interval, actor_may_raise, \
+     actor_may_create";
 
 /// The settings `api_key_config_update` accepts: every column but id and the timestamps.
-pub const SETTINGS: [&str; 20] = [
+pub const SETTINGS: [&str; 21] = [
     "prefix",
     "body_length",
     "hash_algorithm",
@@ -43,6 +44,7 @@ pub const SETTINGS: [&str; 20] = [
     "refill_amount",
     "refill_interval",
     "actor_may_raise",
+    "actor_may_create",
 ];
 
 #[derive(Clone)]
@@ -68,6 +70,7 @@ pub struct Config {
     pub refill_amount: Option<i64>,
     pub refill_interval: Option<Interval>,
     pub actor_may_raise: Vec<String>,
+    pub actor_may_create: bool,
 }
 
 /// Reads a row whose columns are `COLUMNS`, in order. A NULL in a column that may not be
@@ -113,6 +116,7 @@ pub fn read(row: &SpiHeapTupleData<'_>) -> Result<Config, Error> {
         refill_amount: row.get::<i64>(19).map_err(spi::failed)?,
         refill_interval: interval(20)?,
         actor_may_raise,
+        actor_may_create: flag(22, "actor_may_create")?,
     })
 }
 
@@ -140,13 +144,15 @@ fn id_problem(id: &str) -> Option<&'static str> {
 }
 
 impl Config {
-    /// Why this configuration is not usable, naming the setting. Pure but for reading the
-    /// default permissions' tokens.
-    pub fn problem(&self) -> Option<String> {
-        let lifetime =
-            |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_lifetime(name, v).err());
-        let period =
-            |name: &str, v: Option<Interval>| v.and_then(|v| rules::check_period(name, v).err());
+    /// Why this configuration is not usable, naming the setting. Durations are measured from
+    /// `now`. Pure but for reading the default permissions' tokens.
+    pub fn problem(&self, now: i64) -> Option<String> {
+        let lifetime = |name: &str, v: Option<Interval>| {
+            v.and_then(|v| rules::check_lifetime(name, v, now).err())
+        };
+        let period = |name: &str, v: Option<Interval>| {
+            v.and_then(|v| rules::check_period(name, v, now).err())
+        };
         let lt = |a: Option<Interval>, b: Option<Interval>| match (a, b) {
             (Some(a), Some(b)) => a.comparable() < b.comparable(),
             _ => false,
@@ -237,6 +243,9 @@ impl Config {
         if let Err(p) = rules::refill_from(self.refill_amount, self.refill_interval) {
             return Some(p);
         }
+        if let Some(p) = period("refill_interval", self.refill_interval) {
+            return Some(p);
+        }
         if let Some(bad) = self
             .actor_may_raise
             .iter()
@@ -252,7 +261,7 @@ impl Config {
 
     /// 22023 with the problem, if there is one.
     pub fn check(&self) -> Result<(), Error> {
-        match self.problem() {
+        match self.problem(crate::pg::clock::now()) {
             Some(p) => Err(Error::invalid(format!("configuration: {p}"))),
             None => Ok(()),
         }
@@ -288,6 +297,22 @@ impl Config {
             remaining: rules::credits(self.default_remaining, refill),
             refill,
             rate_limit: self.rate_limit(),
+        }
+    }
+
+    /// 42501 unless `principal` may create keys of this configuration.
+    pub fn check_creator(&self, principal: &crate::access::Principal) -> Result<(), Error> {
+        match principal.actor() {
+            Some(actor) if !self.actor_may_create => Err(Error::denied(format!(
+                "actor \"{}\" may not create keys of configuration \"{}\": only the service may",
+                shorten(actor, 256),
+                self.id
+            ))
+            .hint(format!(
+                "Let actors create them: api_key_config_update('{}', '{{\"actor_may_create\": true}}').",
+                self.id
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -49,12 +49,13 @@ fn arg_types() -> Vec<pg_sys::Oid> {
         INT8OID,
         INTERVALOID,
         TEXTARRAYOID,
+        BOOLOID,
         TIMESTAMPTZOID,
     ]
 }
 
 impl Config {
-    /// The configuration's columns as query arguments $1..$21, then `at` as $22.
+    /// The configuration's columns as query arguments $1..$22, then `at` as $23.
     fn args(&self, at: i64) -> Vec<DatumWithOid<'static>> {
         vec![
             self.id.clone().into(),
@@ -78,6 +79,7 @@ impl Config {
             self.refill_amount.into(),
             interval_arg(self.refill_interval),
             self.actor_may_raise.clone().into(),
+            self.actor_may_create.into(),
             timestamptz_arg(Some(at)),
         ]
     }
@@ -113,6 +115,7 @@ fn api_key_config_create(
     refill_amount: default!(Option<i64>, "NULL"),
     refill_interval: default!(Option<pgrx::datum::Interval>, "NULL"),
     actor_may_raise: default!(Option<Vec<Option<String>>>, "'{}'"),
+    actor_may_create: default!(Option<bool>, false),
 ) -> pgrx::composite_type!('static, "api_key.configs") {
     let principal = Principal::of_caller().or_raise();
     let made = || -> Result<Config, Error> {
@@ -141,6 +144,7 @@ fn api_key_config_create(
                 .into_iter()
                 .map(|f| f.ok_or_else(|| Error::null("an element of actor_may_raise")))
                 .collect::<Result<_, _>>()?,
+            actor_may_create: required(actor_may_create, "actor_may_create")?,
         })
     };
     as_extension_owner(|| {
@@ -155,9 +159,9 @@ fn api_key_config_create(
             .hint("Change it with api_key_config_update()."));
         }
         let now = clock::now();
-        let placeholders: Vec<String> = (1..=21).map(|n| format!("${n}")).collect();
+        let placeholders: Vec<String> = (1..=22).map(|n| format!("${n}")).collect();
         let sql = format!(
-            "INSERT INTO api_key.configs AS c ({COLUMNS}, created_at, updated_at) VALUES ({}, $22, $22)
+            "INSERT INTO api_key.configs AS c ({COLUMNS}, created_at, updated_at) VALUES ({}, $23, $23)
              RETURNING c, pg_catalog.to_jsonb(c)::pg_catalog.text",
             placeholders.join(", ")
         );
@@ -257,8 +261,8 @@ fn api_key_config_update(
             .map(|(i, c)| format!("{} = ${}", c.trim(), i + 1))
             .collect();
         let sql = format!(
-            "UPDATE api_key.configs AS c SET {}, updated_at = $22 WHERE c.id OPERATOR(pg_catalog.=) $1
-             RETURNING c, pg_catalog.jsonb_build_object('id', c.id, 'settings', $23::pg_catalog.jsonb)::pg_catalog.text",
+            "UPDATE api_key.configs AS c SET {}, updated_at = $23 WHERE c.id OPERATOR(pg_catalog.=) $1
+             RETURNING c, pg_catalog.jsonb_build_object('id', c.id, 'settings', $24::pg_catalog.jsonb)::pg_catalog.text",
             assignments.join(", ")
         );
         let mut types = arg_types();

@@ -91,10 +91,12 @@ fn expiry(config: &Config, expires_in: Option<Interval>, now: i64) -> Result<Opt
         }
         return Ok(None);
     };
-    rules::check_lifetime("expires_in", lifetime).map_err(Error::invalid)?;
+    rules::check_lifetime("expires_in", lifetime, now).map_err(Error::invalid)?;
+    // The configuration's bounds, as the calendar counts from now (a month is not 30 days).
+    let expires_at = calendar::add(now, lifetime);
     if let Some(min) = config
         .min_expires_in
-        .filter(|m| lifetime.comparable() < m.comparable())
+        .filter(|m| expires_at < calendar::add(now, *m))
     {
         return Err(Error::invalid(format!(
             "expires_in must be at least {} (configuration \"{}\")",
@@ -104,7 +106,7 @@ fn expiry(config: &Config, expires_in: Option<Interval>, now: i64) -> Result<Opt
     }
     if let Some(max) = config
         .max_expires_in
-        .filter(|m| lifetime.comparable() > m.comparable())
+        .filter(|m| expires_at > calendar::add(now, *m))
     {
         return Err(Error::invalid(format!(
             "expires_in must be at most {} (configuration \"{}\")",
@@ -147,7 +149,16 @@ fn settings(
     let permissions = permissions.or(config.default_permissions);
     let parsed_permissions = checked_permissions(permissions)?;
     check_metadata(&config, metadata)?;
-    // Usage limits: explicit arguments win, the configuration supplies the rest.
+    // Usage limits: explicit arguments win, the configuration supplies the rest (its values
+    // were checked when it was saved).
+    for (argument, given) in [
+        ("refill_interval", refill.1),
+        ("rate_limit_window", rate_limit.1),
+    ] {
+        if let Some(period) = given {
+            rules::check_period(argument, period, now).map_err(Error::invalid)?;
+        }
+    }
     let refill = match refill {
         (None, None) => config.refill(),
         (amount, interval) => rules::refill_from(amount, interval).map_err(Error::invalid)?,
@@ -336,6 +347,7 @@ fn api_key_create(
             ),
             now,
         )?;
+        s.config.check_creator(&principal)?;
         if let Some(actor) = principal.actor() {
             s.config
                 .check_narrowing(actor, &s.config.envelope(), &s.limits)?;

@@ -79,7 +79,7 @@ fn api_key_rotate(
         let grace = grace
             .map(interval_from)
             .ok_or_else(|| Error::null("grace").hint("Pass '0' to stop the old key at once."))?;
-        rules::check_grace(grace).map_err(|p| {
+        rules::check_grace(grace, clock::now()).map_err(|p| {
             Error::invalid(p).hint("grace is how long the old key keeps working, e.g. '1 hour'.")
         })?;
         let key = KeyRow::for_action(&principal, Some(id), Action::Update)?;

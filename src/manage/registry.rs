@@ -7,7 +7,7 @@ use super::audit::{self, Entry};
 use crate::access::Principal;
 use crate::error::{shorten, Error, OrRaise};
 use crate::pg::clock;
-use crate::pg::privileged::{as_extension_owner, role_name};
+use crate::pg::privileged::{as_extension_owner, relation_owner, role_name};
 use crate::pg::spi;
 use crate::pg::{RegClass, RegProcedure};
 use pgrx::pg_sys::{self, Oid};
@@ -154,6 +154,21 @@ fn api_key_use_membership_table(
         for column in [organization_column, user_column, role_column] {
             check_column(relation, &table, column, principal.role())?;
         }
+        // The extension reads it as its owner (so that code attached to it never runs with the
+        // extension owner's rights): the registering role must be able to act as that owner,
+        // or this would read what it may not (a view that shows its owner more, a table whose
+        // row-level security hides rows from the caller).
+        let owner = relation_owner(relation).unwrap_or_default();
+        // SAFETY: a catalog lookup on two role oids.
+        if !unsafe { pg_sys::has_privs_of_role(principal.role(), owner) } {
+            return Err(Error::denied(format!(
+                "permission denied: {table} belongs to {}, which {} may not act as",
+                role_name(owner),
+                role_name(principal.role())
+            ))
+            .hint("Point at a table or view owned by the configuring role (or a role it is a member of)."));
+        }
+
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
             let statement = spi::statement(

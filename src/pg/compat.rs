@@ -39,7 +39,14 @@ pub unsafe fn index_beginscan(
         }
         #[cfg(feature = "pg18")]
         {
-            pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, norderbys)
+            pg_sys::index_beginscan(
+                heap,
+                index,
+                snapshot,
+                std::ptr::null_mut(),
+                nkeys,
+                norderbys,
+            )
         }
     }
 }

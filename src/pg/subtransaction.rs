@@ -12,6 +12,9 @@ use std::panic::AssertUnwindSafe;
 pub struct Failure {
     pub sqlstate: PgSqlErrorCode,
     pub message: String,
+    /// A cancel or statement timeout that PostgreSQL itself raised (not one that code raised
+    /// with that SQLSTATE).
+    pub genuine_cancel: bool,
 }
 
 impl Failure {
@@ -33,32 +36,29 @@ pub enum OnSuccess {
     Discard,
 }
 
-/// Errors that are never turned into a value: a cancel (or statement timeout) belongs to the
-/// statement the user is running, and a serialization failure or deadlock must reach the
-/// client, which retries the transaction.
-fn must_propagate(code: PgSqlErrorCode) -> bool {
-    matches!(
-        code,
-        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-            | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
-            | PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
-    )
-}
-
 fn failure_of(caught: &CaughtError) -> Failure {
-    let report = match caught {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
+    let (report, from_postgres) = match caught {
+        CaughtError::PostgresError(r) => (r, true),
+        CaughtError::ErrorReport(r) => (r, false),
+        CaughtError::RustPanic { ereport, .. } => (ereport, false),
     };
+    let sqlstate = report.sql_error_code();
     Failure {
-        sqlstate: report.sql_error_code(),
+        sqlstate,
         message: report.message().to_string(),
+        // PostgreSQL raises cancels and statement timeouts in one place; anything else with
+        // that SQLSTATE (RAISE … USING ERRCODE = '57014' in application code) is forged.
+        genuine_cancel: from_postgres
+            && sqlstate == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            && report.function_name() == Some("ProcessInterrupts"),
     }
 }
 
-/// Runs `f` in a subtransaction. Errors come back as `Err`, except those `must_propagate`
-/// (and, with `swallow_cancel`, a cancel is also turned into a value: for bookkeeping at
-/// commit, where raising would fail the user's COMMIT).
+/// Runs `f` in a subtransaction. Every error comes back as `Err` (a serialization failure or a
+/// deadlock too: the work was rolled back, and the transaction goes on), except a genuine
+/// cancel or statement timeout, which belongs to the statement the user is running and is
+/// raised again; with `swallow_cancel` that too becomes a value (bookkeeping at commit, where
+/// raising would fail the user's COMMIT).
 pub fn attempt<R>(
     on_success: OnSuccess,
     swallow_cancel: bool,
@@ -96,8 +96,7 @@ pub fn attempt<R>(
         Ok(value) => Ok(value),
         Err(caught) => {
             let failure = failure_of(&caught);
-            let cancel = failure.sqlstate == PgSqlErrorCode::ERRCODE_QUERY_CANCELED;
-            if must_propagate(failure.sqlstate) && !(cancel && swallow_cancel) {
+            if failure.genuine_cancel && !swallow_cancel {
                 caught.rethrow();
             }
             Err(failure)

@@ -4,16 +4,18 @@
 //! The binding is a Rust value in this backend, tagged with the local transaction id. No GUC
 //! holds it, so `SET`/`set_config` cannot forge it; and a new transaction (the next client of
 //! a pooled connection) has a new local transaction id, so it sees nothing without a callback.
+//! Savepoints nest: rolling back to one undoes the authentications made after it, and gives
+//! back the one made before.
 
 use crate::permissions::Permissions;
 use crate::pg::compat::local_xid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 pub struct Binding {
     pub lxid: u32,
-    /// The subtransaction that bound it: rolling that back unbinds.
+    /// The subtransaction that bound it: rolling that back undoes it.
     pub subxact: pg_sys::SubTransactionId,
     pub key_id: Uuid,
     pub reference_type: String,
@@ -22,8 +24,12 @@ pub struct Binding {
 }
 
 thread_local! {
-    static BOUND: RefCell<Option<Binding>> = const { RefCell::new(None) };
-    static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Bindings of the current transaction, the newest last: a re-authentication in a
+    /// savepoint that is rolled back gives the previous binding back.
+    static BOUND: RefCell<Vec<Binding>> = const { RefCell::new(Vec::new()) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// Application code is running (`access::application_code`): it sees no binding.
+    static HIDDEN: Cell<u32> = const { Cell::new(0) };
 }
 
 pub fn bind(binding: Binding) {
@@ -31,11 +37,15 @@ pub fn bind(binding: Binding) {
         // SAFETY: registers a callback for this backend's subtransaction events.
         unsafe { pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut()) };
     }
-    BOUND.with(|b| *b.borrow_mut() = Some(binding));
+    BOUND.with(|b| {
+        let mut b = b.borrow_mut();
+        b.retain(|old| old.lxid == binding.lxid);
+        b.push(binding);
+    });
 }
 
-/// `ROLLBACK TO SAVEPOINT` undoes an authentication made after the savepoint (its credit
-/// was rolled back too); `RELEASE` hands the binding to the enclosing transaction level.
+/// `ROLLBACK TO SAVEPOINT` undoes the authentications made after the savepoint (their credits
+/// were rolled back too); `RELEASE` hands them to the enclosing transaction level.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_subxact(
     event: pg_sys::SubXactEvent::Type,
@@ -43,24 +53,39 @@ unsafe extern "C-unwind" fn on_subxact(
     parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
+    let lxid = local_xid();
     BOUND.with(|b| {
         let mut b = b.borrow_mut();
-        let Some(binding) = b.as_mut() else { return };
-        if binding.lxid != local_xid() || binding.subxact < sub {
-            return;
-        }
         if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-            *b = None;
-        } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB && binding.subxact == sub
-        {
-            binding.subxact = parent;
+            b.retain(|binding| binding.lxid != lxid || binding.subxact < sub);
+        } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB {
+            for binding in b.iter_mut().filter(|x| x.lxid == lxid && x.subxact == sub) {
+                binding.subxact = parent;
+            }
         }
     });
 }
 
+/// Runs `f` with the binding hidden: application code called by the extension must not see
+/// (or act on) the key of the transaction it runs in.
+pub fn hidden<R>(f: impl FnOnce() -> R) -> R {
+    struct Shown;
+    impl Drop for Shown {
+        fn drop(&mut self) {
+            HIDDEN.with(|h| h.set(h.get() - 1));
+        }
+    }
+    HIDDEN.with(|h| h.set(h.get() + 1));
+    let _shown = Shown;
+    f()
+}
+
 fn with_current<R>(f: impl FnOnce(&Binding) -> R) -> Option<R> {
+    if HIDDEN.with(Cell::get) > 0 {
+        return None;
+    }
     let lxid = local_xid();
-    BOUND.with(|b| b.borrow().as_ref().filter(|b| b.lxid == lxid).map(f))
+    BOUND.with(|b| b.borrow().iter().rev().find(|b| b.lxid == lxid).map(f))
 }
 
 /// The key this transaction was authenticated with, or NULL.

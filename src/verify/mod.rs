@@ -170,7 +170,7 @@ pub fn verify(
     let key_id = Uuid::from_bytes(found.id);
     let refill_due = found.refill_interval.and_then(|interval| {
         let since = found.last_refill_at.unwrap_or(found.created_at);
-        calendar::add(since, interval)
+        calendar::add_period(since, interval)
             .is_some_and(|at| at <= now)
             .then_some(since)
     });

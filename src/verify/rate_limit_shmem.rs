@@ -19,6 +19,7 @@ use crate::gucs::RATE_LIMIT_SLOTS;
 use pgrx::pg_sys;
 use pgrx::pg_sys::Oid;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const PARTITIONS: usize = 16;
 const MAX_PROBE: usize = 64;
@@ -39,7 +40,13 @@ struct Shared {
     slots: *mut Slot,
     per_partition: usize,
     locks: *mut pg_sys::LWLockPadded,
+    /// Set once a key found no slot and was counted in the table: from then on a window that
+    /// opens in shared memory first checks the table (see `verify/usage.rs`).
+    overflowed: *const AtomicU32,
 }
+
+/// Room before the slots: the overflow flag, on its own cache line.
+const HEADER: usize = 64;
 
 static mut SHARED: Option<Shared> = None;
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
@@ -75,7 +82,7 @@ unsafe extern "C-unwind" fn request() {
             #[allow(ffi_unwind_calls)]
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
         }
-        pg_sys::RequestAddinShmemSpace(slot_count() * std::mem::size_of::<Slot>());
+        pg_sys::RequestAddinShmemSpace(HEADER + slot_count() * std::mem::size_of::<Slot>());
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32);
     }
 }
@@ -92,20 +99,22 @@ unsafe extern "C-unwind" fn startup() {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
         }
         let count = slot_count();
-        let bytes = count * std::mem::size_of::<Slot>();
+        let bytes = HEADER + count * std::mem::size_of::<Slot>();
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let slots = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), bytes, &mut found).cast::<Slot>();
+        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), bytes, &mut found).cast::<u8>();
         if !found {
-            std::ptr::write_bytes(slots.cast::<u8>(), 0, bytes);
+            std::ptr::write_bytes(base, 0, bytes);
         }
+        let slots = base.add(HEADER).cast::<Slot>();
         let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
         pg_sys::LWLockRelease(init_lock);
         SHARED = Some(Shared {
             slots,
             per_partition: count / PARTITIONS,
             locks,
+            overflowed: base.cast::<AtomicU32>(),
         });
     }
 }
@@ -116,10 +125,33 @@ pub fn available() -> bool {
     unsafe { (*(&raw const SHARED)).is_some() }
 }
 
+fn shared() -> &'static Shared {
+    // SAFETY: callers check `available()` first; SHARED is written once, at startup.
+    unsafe {
+        (*(&raw const SHARED))
+            .as_ref()
+            .expect("shared memory is initialised")
+    }
+}
+
+/// Has any key ever been counted in the table for want of a slot (since the server started)?
+pub fn overflowed() -> bool {
+    // SAFETY: the flag lives in shared memory for the life of the server.
+    unsafe { (*shared().overflowed).load(Ordering::Relaxed) != 0 }
+}
+
+/// Notes that a key is counted in the table for want of a slot.
+pub fn mark_overflowed() {
+    // SAFETY: as above.
+    unsafe { (*shared().overflowed).store(1, Ordering::Relaxed) };
+}
+
 /// What the shared-memory counter decided.
 pub enum Decision {
     Admitted {
         admitted: i32,
+        /// The end of the window it was counted in.
+        window_end: i64,
     },
     Refused {
         window_end: i64,
@@ -141,10 +173,7 @@ fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool
     // touched under that partition's LWLock; nothing inside can raise an ERROR (pure Rust
     // arithmetic), so the lock is always released by the code below.
     unsafe {
-        // Callers check `available()` first, so SHARED is set.
-        let shared = (*(&raw const SHARED))
-            .as_ref()
-            .expect("shared memory is initialised");
+        let shared = shared();
         let hash = u64::from_le_bytes(key[8..].try_into().unwrap_or([0; 8]))
             ^ (database.to_u32() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let partition = (hash % PARTITIONS as u64) as usize;
@@ -202,16 +231,27 @@ pub fn admit(key: &[u8; 16], max: i32, window_end: i64, now: i64) -> Decision {
             }
             Decision::Admitted {
                 admitted: slot.admitted,
+                window_end: slot.window_end,
             }
         }
     })
 }
 
-/// Give back one admission (the verification was refused later, for credits).
-pub fn undo(key: &[u8; 16], now: i64) {
+/// Does `key` have a window open in shared memory?
+pub fn has_open_window(key: &[u8; 16], now: i64) -> bool {
+    with_slot(key, now, |slot, is_key| {
+        is_key && slot.is_some_and(|s| s.window_end > now)
+    })
+}
+
+/// Give back one admission (the verification was refused later, for credits), in the window
+/// it was counted in: not in a window that opened since.
+pub fn undo(key: &[u8; 16], window_end: i64, now: i64) {
     with_slot(key, now, |slot, is_key| {
         if let (Some(slot), true) = (slot, is_key) {
-            slot.admitted = (slot.admitted - 1).max(0);
+            if slot.window_end == window_end {
+                slot.admitted = (slot.admitted - 1).max(0);
+            }
         }
     })
 }

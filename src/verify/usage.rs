@@ -75,10 +75,15 @@ fn first<T: pgrx::FromDatum + pgrx::IntoDatum>(
     Some(table.first().get::<T>(1).ok().flatten())
 }
 
+/// May this transaction write (not READ ONLY, not on a standby)?
+pub fn can_write() -> bool {
+    // SAFETY: reads backend-global flags.
+    unsafe { !(pg_sys::XactReadOnly || pg_sys::RecoveryInProgress()) }
+}
+
 /// Credits (and rate-limit windows kept in the table) are written by the verification itself.
 pub fn require_read_write() {
-    // SAFETY: reads backend-global flags.
-    if unsafe { pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() } {
+    if !can_write() {
         Error::new(
             PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             "verifying a key with credits or a rate limit needs a read-write transaction",
@@ -116,7 +121,7 @@ pub fn spend(
 /// Where an admitted verification was counted, so that it can be given back there.
 #[derive(Clone, Copy)]
 pub enum Counter {
-    SharedMemory,
+    SharedMemory { window_end: i64 },
     Table,
 }
 
@@ -125,29 +130,89 @@ pub enum Admission {
     Refused { retry_after_ms: i64 },
 }
 
+const RATE_OPEN_IN_TABLE: &str = "
+    SELECT true FROM api_key.rate_limit_windows AS w
+     WHERE w.key_id OPERATOR(pg_catalog.=) $1 AND w.window_end OPERATOR(pg_catalog.>) $2";
+
+/// Retry after this long when a window could not be counted at all.
+const UNCOUNTABLE_RETRY_MS: i64 = 1000;
+
+thread_local! {
+    static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A window whose key found no slot in shared memory, in a transaction that cannot write the
+/// table: it cannot be counted, so it is refused (a limit that cannot be enforced is not
+/// waived), and the operator is told once per backend that the slots are too few.
+fn uncountable() -> Admission {
+    if !WARNED.with(|w| w.replace(true)) {
+        pgrx::warning!(
+            "api_key: rate-limit windows do not fit in shared memory, and this transaction cannot count them in the table; raise api_key.rate_limit_slots"
+        );
+    }
+    Admission::Refused {
+        retry_after_ms: UNCOUNTABLE_RETRY_MS,
+    }
+}
+
 /// Count one verification against the key's window: in shared memory when the library was
 /// preloaded (no WAL, no xid), else in the UNLOGGED table (no WAL for the row; the
 /// transaction's commit record remains). A window opened now ends `window` later, as the
-/// calendar counts (`calendar::add`); one that would end beyond PostgreSQL's range never ends.
+/// calendar counts (`calendar::add_period`); one that would end beyond PostgreSQL's range never
+/// ends.
+///
+/// A key that found no free slot is counted in the table, and keeps being counted there until
+/// its window ends: once that has happened in this server's life, a window that would open in
+/// shared memory first checks the table, so that no window is counted in both places.
 pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
     use crate::pg::oids::*;
-    let window_end = calendar::add(now, window).unwrap_or(calendar::INFINITY);
+    let window_end = calendar::add_period(now, window).unwrap_or(calendar::INFINITY);
+    let writable = can_write();
     if rate_limit_shmem::available() {
-        match rate_limit_shmem::admit(key_id.as_bytes(), max, window_end, now) {
-            Decision::Admitted { admitted } => {
-                return Admission::Admitted {
+        let key = key_id.as_bytes();
+        let in_table = rate_limit_shmem::overflowed()
+            && !rate_limit_shmem::has_open_window(key, now)
+            && Spi::connect(|client| {
+                let statement = spi::statement(
+                    client,
+                    RATE_OPEN_IN_TABLE,
+                    &[UUIDOID, TIMESTAMPTZOID],
+                    false,
+                )
+                .or_raise();
+                client
+                    .select(
+                        &*statement,
+                        Some(1),
+                        &[key_id.into(), timestamptz_arg(Some(now))],
+                    )
+                    .map(|rows| !rows.is_empty())
+                    .unwrap_or_else(|e| spi::failed(e).raise())
+            });
+        if !in_table {
+            match rate_limit_shmem::admit(key, max, window_end, now) {
+                Decision::Admitted {
                     admitted,
-                    counter: Counter::SharedMemory,
+                    window_end,
+                } => {
+                    return Admission::Admitted {
+                        admitted,
+                        counter: Counter::SharedMemory { window_end },
+                    }
                 }
-            }
-            Decision::Refused { window_end } => {
-                return Admission::Refused {
-                    retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+                Decision::Refused { window_end } => {
+                    return Admission::Refused {
+                        retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+                    }
                 }
+                Decision::NoRoom => rate_limit_shmem::mark_overflowed(),
             }
-            Decision::NoRoom => {}
+        }
+        if !writable {
+            return uncountable();
         }
     }
+    require_read_write();
     Spi::connect_mut(|client| {
         let args = [
             key_id.into(),
@@ -183,7 +248,9 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
 /// verification.
 pub fn undo_admission(key_id: Uuid, counter: Counter, now: i64) {
     match counter {
-        Counter::SharedMemory => rate_limit_shmem::undo(key_id.as_bytes(), now),
+        Counter::SharedMemory { window_end } => {
+            rate_limit_shmem::undo(key_id.as_bytes(), window_end, now)
+        }
         Counter::Table => Spi::connect_mut(|client| {
             first::<i32>(client, RATE_UNDO, &[pg_sys::UUIDOID], &[key_id.into()]);
         }),
