@@ -235,3 +235,14 @@ def test_a_dump_of_the_old_version_restores_into_the_new(upgraded):
 
 def test_the_package_installs_and_works(upgraded):
     assert upgraded["smoke"] == ["VALID", "VALID", "USAGE_EXCEEDED"]
+
+
+def test_the_comparison_sees_the_whole_extension(upgraded):
+    """Guards the guard: the snapshots are not empty, and they cover every kind of object."""
+    fresh = upgraded["fresh_catalog"]
+    assert len(fresh["functions"]) >= 20 and len(fresh["columns"]) >= 80 and len(fresh["policies"]) >= 10
+    assert fresh["relations"] and fresh["constraints"] and fresh["indexes"] and fresh["types"]
+    outcomes = upgraded["old_functions_with_new_library"]
+    assert len(outcomes) >= 40
+    assert outcomes["api_key_verify(text,jsonb,integer,text)"] == "22004"  # new library: NULL cost
+    assert outcomes["api_key.caller_token()"] == "42883"  # its symbol is gone: a clear error
