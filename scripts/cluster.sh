@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# A private PostgreSQL 15 cluster for the demo, the tests and the benchmark:
+# A private PostgreSQL cluster for the demo, the tests and the benchmark:
 #   scripts/cluster.sh start [NAME]   initdb if needed, start, print the port
 #   scripts/cluster.sh stop [NAME]
 #   scripts/cluster.sh env [NAME]     print PGHOST/PGPORT/PGUSER exports
+# API_KEY_PG selects the PostgreSQL version (15, the default, is Debian's; 16 to 18 come from
+# scripts/postgres-versions.sh).
 # Data lives in .build/NAME (ignored by git), owned by the postgres OS user because initdb
 # refuses root. The port is the first free one from 28815 up, remembered in .build/NAME/port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-BIN=/usr/lib/postgresql/15/bin
+BIN=$("$(scripts/postgres-versions.sh pg_config "${API_KEY_PG:-15}")" --bindir)
 cmd=${1:-start}
 name=${2:-demo}
 dir="$ROOT/.build/$name"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import string
+import subprocess
 import uuid
 import zlib
 from contextlib import contextmanager
@@ -16,6 +17,11 @@ from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = os.environ.get("API_KEY_TEST_CLUSTER", "test")
+# The PostgreSQL version under test (scripts/cluster.sh reads the same variable) and its programs.
+PG_VERSION = os.environ.get("API_KEY_PG", "15")
+PG_BIN = subprocess.run([subprocess.run([str(ROOT / "scripts" / "postgres-versions.sh"), "pg_config", PG_VERSION],
+                                        capture_output=True, text=True, check=True).stdout.strip(), "--bindir"],
+                        capture_output=True, text=True, check=True).stdout.strip()
 DBNAME = os.environ.get("API_KEY_TEST_DB", "api_key_pytest")
 
 # Login roles the suite creates (cluster-wide, created when absent).

@@ -4,6 +4,7 @@ custom reference types with an authorizer function."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from helpers import APP, NOBODY, SERVICE, Client, create, error_text, expect_error, uid, verify
@@ -668,7 +669,11 @@ def test_a_membership_source_is_read_with_no_more_rights_than_its_registrant_has
 def test_membership_ids_compare_byte_for_byte(app, su, service):
     """A case-insensitive collation on the application's table does not make ALICE alice."""
     table = uid("member")
-    su.rows("CREATE COLLATION IF NOT EXISTS public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)")
+    try:
+        su.rows("CREATE COLLATION IF NOT EXISTS public.ci (provider = icu, locale = 'und-u-ks-level2', "
+                "deterministic = false)")
+    except psycopg.errors.FeatureNotSupported:
+        pytest.skip("this PostgreSQL build has no ICU (nondeterministic collations need it)")
     app.rows(f"CREATE TABLE app.{table} (organization_id text COLLATE public.ci, user_id text COLLATE public.ci, "
              "role text)")
     app.rows(f"INSERT INTO app.{table} VALUES ('acme_ci', 'alice', 'owner')")

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from helpers import ROOT
+from helpers import PG_VERSION, ROOT
 
-CLUSTER = "crash"
+CLUSTER = f"crash-{PG_VERSION}"
 DB = "api_key_crash"
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 THREADS = 4

@@ -9,9 +9,8 @@ import subprocess
 import psycopg
 import pytest
 
-from helpers import APP, Client, cluster_port, connect, uid
+from helpers import APP, PG_BIN, Client, cluster_port, connect, uid
 
-BIN = "/usr/lib/postgresql/15/bin"
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def scratch_db(database):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.skipif(not os.path.exists(f"{BIN}/pg_dump"), reason="pg_dump not installed")
+@pytest.mark.skipif(not os.path.exists(f"{PG_BIN}/pg_dump"), reason="pg_dump not installed")
 def test_dump_and_restore_keeps_keys(scratch_db, tmp_path):
     src, dst = scratch_db(), scratch_db()
     with connect("postgres", src) as c:
@@ -47,8 +46,8 @@ def test_dump_and_restore_keeps_keys(scratch_db, tmp_path):
                            "(SELECT count(*) FROM api_key.audit_log) a").fetchone()
     dump = tmp_path / "db.dump"
     common = ["-h", "127.0.0.1", "-p", str(cluster_port()), "-U", "postgres"]
-    subprocess.run([f"{BIN}/pg_dump", *common, "-Fc", "-f", str(dump), src], check=True, capture_output=True)
-    subprocess.run([f"{BIN}/pg_restore", *common, "-d", dst, str(dump)], capture_output=True)
+    subprocess.run([f"{PG_BIN}/pg_dump", *common, "-Fc", "-f", str(dump), src], check=True, capture_output=True)
+    subprocess.run([f"{PG_BIN}/pg_restore", *common, "-d", dst, str(dump)], capture_output=True)
     with connect("postgres", dst) as c:
         after = c.execute("SELECT (SELECT count(*) FROM api_key.keys) k, (SELECT count(*) FROM api_key.key_secrets) s, "
                           "(SELECT count(*) FROM api_key.configs) c, (SELECT count(*) FROM api_key.members) m, "

@@ -15,11 +15,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from helpers import ROOT
+from helpers import PG_BIN, PG_VERSION, ROOT
 
-CLUSTER = "preload"
+CLUSTER = f"preload-{PG_VERSION}"
 SCRIPT = ROOT / "scripts" / "cluster.sh"
-BIN = "/usr/lib/postgresql/15/bin"
 
 
 def _can_run_clusters() -> bool:
@@ -94,9 +93,9 @@ def test_a_restored_copy_counts_its_own_windows(port, db, tmp_path):
                          ).fetchone()["key"]
     dump = tmp_path / "db.dump"
     common = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
-    subprocess.run([f"{BIN}/pg_dump", *common, "-Fc", "-f", str(dump), "preload_source"], check=True,
+    subprocess.run([f"{PG_BIN}/pg_dump", *common, "-Fc", "-f", str(dump), "preload_source"], check=True,
                    capture_output=True)
-    subprocess.run([f"{BIN}/pg_restore", *common, "-d", "preload_copy", str(dump)], capture_output=True)
+    subprocess.run([f"{PG_BIN}/pg_restore", *common, "-d", "preload_copy", str(dump)], capture_output=True)
     assert [code(source, key)["code"] for _ in range(3)] == ["VALID", "VALID", "RATE_LIMITED"]
     # Same key id, another database: a window of its own.
     assert [code(copy, key)["code"] for _ in range(3)] == ["VALID", "VALID", "RATE_LIMITED"]
