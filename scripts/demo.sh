@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-scripts/setup.sh
+API_KEY_PG_VERSIONS=15 scripts/setup.sh
 say "building and installing the extension (release; the first build takes a few minutes)"
 cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
 say "starting the demo cluster"

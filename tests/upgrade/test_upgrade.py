@@ -125,39 +125,44 @@ def old_functions(conn) -> list[str]:
     return [(r["sig"], r["pronargs"]) for r in rows]
 
 
-@pytest.fixture(scope="module")
-def upgraded(tmp_path_factory):
+OLDER = [v for v in RELEASES if v != VERSION]
+
+
+@pytest.fixture(scope="module", params=OLDER)
+def upgraded(request, tmp_path_factory):
+    """A database of release `request.param`, upgraded to this version through the package."""
+    release = request.param
     deb = ROOT / ".build" / "packages" / f"postgresql-15-api-key_{VERSION}_amd64.deb"
     assert deb.exists(), f"{deb} is missing: run scripts/package.sh 15 first"
     cluster("stop")
     shutil.rmtree(ROOT / ".build" / CLUSTER, ignore_errors=True)
-    dump = tmp_path_factory.mktemp("dump") / "v010.dump"
+    dump = tmp_path_factory.mktemp("dump") / "old.dump"
     result = {}
     try:
         remove_installed_files()
-        install_release("0.1.0")
+        install_release(release)
         port = int(cluster("start"))
         with connect(port, "postgres") as admin:
             admin.execute("CREATE DATABASE v010")
         with connect(port, "v010") as c:
             c.execute("CREATE EXTENSION api_key")
-            assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'api_key'").fetchone()["extversion"] == "0.1.0"
+            assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'api_key'").fetchone()["extversion"] == release
         run("psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "v010",
-            "-f", str(ROOT / "tests" / "upgrade" / "fill-0.1.0.sql"))
+            "-f", str(ROOT / "tests" / "upgrade" / f"fill-{release}.sql"))
         with connect(port, "v010") as c:
             result["answers_before"] = c.execute(ANSWER).fetchall()
             result["state_before"] = state(c)
-            result["functions_0.1.0"] = old_functions(c)
+            result["old_functions"] = old_functions(c)
         run(f"{PG}/bin/pg_dump", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-Fc", "-f", str(dump), "v010")
 
         # The new package, into a clean state (dpkg replaces the library; nothing is restarted).
         remove_installed_files()
         run("dpkg", "-i", str(deb))
 
-        # Old SQL objects, new library: each 0.1.0 function called with NULLs, each in a new
+        # Old SQL objects, new library: each old function called with NULLs, each in a new
         # connection (which loads the new library): an answer or an error, never a crash.
         outcomes = {}
-        for sig, nargs in result["functions_0.1.0"]:
+        for sig, nargs in result["old_functions"]:
             name = sig.split("(")[0]
             with connect(port, "v010") as c:
                 try:

@@ -1,0 +1,40 @@
+"""Releases are forever: a released upgrade script is never edited, and the SQL of a released
+version never changes under the same version number (docs/releasing.md)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from test_upgrade import EXTDIR, RELEASES, ROOT, VERSION
+
+HASHES = ROOT / "tests" / "upgrade" / "released.sha256"
+
+
+def test_released_upgrade_scripts_are_never_edited():
+    for line in HASHES.read_text().splitlines():
+        digest, name = line.split()
+        path = ROOT / name
+        assert path.exists(), f"{name} was released and must stay"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, (
+            f"{name} was released: fix forward in the next release's script, never edit it")
+
+
+def test_every_upgrade_script_of_an_older_version_is_released():
+    released = {line.split()[1] for line in HASHES.read_text().splitlines()}
+    for script in (ROOT / "sql").glob("api_key--*--*.sql"):
+        target = script.stem.split("--")[2]
+        if target != VERSION:
+            assert f"sql/{script.name}" in released, f"{script.name} leads to a released version: record its hash"
+
+
+def test_a_released_versions_sql_does_not_change_under_its_number():
+    """If this version was released, the install script built now is the one released: a change
+    to the SQL needs a new version and an upgrade script."""
+    if VERSION not in RELEASES:
+        return
+    frozen = ROOT / "tests" / "upgrade" / f"api_key--{VERSION}.sql"
+    built = EXTDIR / f"api_key--{VERSION}.sql"
+    blocks = lambda text: sorted(text.split("/* <begin connected objects> */"))  # noqa: E731
+    assert blocks(built.read_text()) == blocks(frozen.read_text()), (
+        f"the SQL of {VERSION} changed after its release: bump the version and write an upgrade script")
