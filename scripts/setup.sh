@@ -35,7 +35,7 @@ fi
 config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
 init=()
 missing=false
-for v in 15 $VERSIONS; do
+for v in $(printf '%s\n' 15 $VERSIONS | sort -un); do
     pg_config=$(scripts/postgres-versions.sh pg_config "$v")
     init+=("--pg$v=$pg_config")
     grep -qs "^pg$v = \"$pg_config\"" "$config" || missing=true
