@@ -72,7 +72,7 @@ impl Interval {
 }
 
 /// Julian day number of a Gregorian date (PostgreSQL's `date2j`).
-fn date2j(year: i64, month: i64, day: i64) -> i64 {
+const fn date2j(year: i64, month: i64, day: i64) -> i64 {
     let (mut y, mut m) = (year, month);
     if m > 2 {
         m += 1;
@@ -199,20 +199,7 @@ mod tests {
 
     // 2024-01-31 12:00 UTC
     const JAN_31_2024_NOON: i64 =
-        (date2j_const(2024, 1, 31) - POSTGRES_EPOCH_JDATE) * MICROS_PER_DAY + 12 * 3_600_000_000;
-
-    const fn date2j_const(y: i64, m: i64, d: i64) -> i64 {
-        let (mut y, mut m) = (y, m);
-        if m > 2 {
-            m += 1;
-            y += 4800;
-        } else {
-            m += 13;
-            y += 4799;
-        }
-        let century = y / 100;
-        y * 365 - 32167 + y / 4 - century + century / 4 + 7834 * m / 256 + d
-    }
+        (date2j(2024, 1, 31) - POSTGRES_EPOCH_JDATE) * MICROS_PER_DAY + 12 * 3_600_000_000;
 
     fn ymd(ts: i64) -> (i64, i64, i64) {
         j2date(split(ts).0)

@@ -34,14 +34,31 @@ pub struct RateLimit {
 /// Why a value is refused; displayed as the whole message (it names the argument).
 pub type Problem = String;
 
+/// Whether a duration may be zero: a grace may, a lifetime or a period may not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Refused,
+}
+
 fn check_duration(
     argument: &str,
     duration: Interval,
+    zero: Zero,
     max: Interval,
     what: &str,
     now: i64,
 ) -> Result<(), Problem> {
-    if duration.has_negative_part() {
+    let sign = match zero {
+        Zero::Allowed => "zero or positive",
+        Zero::Refused => "positive",
+    };
+    let backwards = duration.has_negative_part();
+    let forwards = duration.months > 0 || duration.days > 0 || duration.micros > 0;
+    if backwards && !forwards {
+        return Err(format!("{argument} must be {sign}"));
+    }
+    if backwards {
         return Err(format!(
             "{argument} must not have negative parts (its length would depend on the date)"
         ));
@@ -51,32 +68,34 @@ fn check_duration(
     if end.is_none() || end > limit {
         return Err(format!("{argument} must be at most {what}"));
     }
+    if zero == Zero::Refused && !duration.is_positive() {
+        return Err(format!("{argument} must be {sign}"));
+    }
     Ok(())
 }
 
 /// A lifetime (`expires_in`, a configuration's `*_expires_in`): positive, without negative
 /// parts, ending at most 100 years after `now`.
 pub fn check_lifetime(argument: &str, lifetime: Interval, now: i64) -> Result<(), Problem> {
-    check_duration(argument, lifetime, MAX_LIFETIME, "100 years", now)?;
-    if !lifetime.is_positive() {
-        return Err(format!("{argument} must be positive"));
-    }
-    Ok(())
+    check_duration(
+        argument,
+        lifetime,
+        Zero::Refused,
+        MAX_LIFETIME,
+        "100 years",
+        now,
+    )
 }
 
 /// A period (`rate_limit_window`, `refill_interval`): positive, without negative parts, at most
 /// 10 years (from `now`, as the calendar counts).
 pub fn check_period(argument: &str, period: Interval, now: i64) -> Result<(), Problem> {
-    check_duration(argument, period, MAX_PERIOD, "10 years", now)?;
-    if !period.is_positive() {
-        return Err(format!("{argument} must be positive"));
-    }
-    Ok(())
+    check_duration(argument, period, Zero::Refused, MAX_PERIOD, "10 years", now)
 }
 
 /// A rotation's grace: zero or positive, without negative parts, at most 10 years.
 pub fn check_grace(grace: Interval, now: i64) -> Result<(), Problem> {
-    check_duration("grace", grace, MAX_PERIOD, "10 years", now)
+    check_duration("grace", grace, Zero::Allowed, MAX_PERIOD, "10 years", now)
 }
 
 pub fn check_remaining(argument: &str, remaining: i64) -> Result<(), Problem> {
@@ -367,6 +386,26 @@ mod tests {
         assert!(check_period("rate_limit_window", Interval::years(300_000), now).is_err());
         assert!(check_grace(Interval::new(0, 0, 0), now).is_ok());
         assert!(check_grace(Interval::new(0, -1, 0), now).is_err());
+    }
+
+    #[test]
+    fn a_duration_running_backwards_is_named_by_its_sign() {
+        let back = Interval::new(0, -1, 0);
+        assert_eq!(
+            check_lifetime("expires_in", back, 0).unwrap_err(),
+            "expires_in must be positive"
+        );
+        assert_eq!(
+            check_period("refill_interval", Interval::new(-1, 0, -5), 0).unwrap_err(),
+            "refill_interval must be positive"
+        );
+        assert_eq!(
+            check_grace(back, 0).unwrap_err(),
+            "grace must be zero or positive"
+        );
+        assert!(check_grace(Interval::new(1, -1, 0), 0)
+            .unwrap_err()
+            .contains("negative parts"));
     }
 
     #[test]

@@ -6,11 +6,11 @@
 use super::audit::{self, Entry};
 use super::config;
 use super::create::{check_metadata, check_name, checked_permissions};
-use super::key_row::{KeyRow, KeysRow};
+use super::key_row::{KeyRow, KeysRow, Written, WRITTEN_COLUMNS};
 use crate::access::{Action, Principal};
 use crate::calendar::{self, Interval};
 use crate::error::{shorten, Error, OrRaise};
-use crate::pg::clock::{self, interval_arg, interval_from, micros_of, timestamptz_arg};
+use crate::pg::clock::{self, interval_from, micros_of, timestamptz_arg};
 use crate::pg::jsonb::Jsonb;
 use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
@@ -260,57 +260,41 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
     })
 }
 
-const UPDATE: &str = "
-    WITH old AS (SELECT pg_catalog.to_jsonb(o) AS j FROM api_key.keys AS o WHERE o.id OPERATOR(pg_catalog.=) $1),
-         new AS (UPDATE api_key.keys AS k
-                    SET name = $2, enabled = $3, expires_at = $4, permissions = $5, metadata = $6, remaining = $7,
-                        refill_amount = $8, refill_interval = $9, rate_limit_enabled = $10, rate_limit_max = $11,
-                        rate_limit_window = $12, updated_at = $13
-                  WHERE k.id OPERATOR(pg_catalog.=) $1
-              RETURNING k, pg_catalog.to_jsonb(k) AS j)
-    SELECT new.k,
-           (SELECT pg_catalog.jsonb_object_agg(n.key, pg_catalog.jsonb_build_object('from', o.value, 'to', n.value))
-              FROM pg_catalog.jsonb_each(new.j) AS n
-              JOIN pg_catalog.jsonb_each(old.j) AS o ON o.key OPERATOR(pg_catalog.=) n.key
-             WHERE n.value OPERATOR(pg_catalog.<>) o.value
-               AND n.key OPERATOR(pg_catalog.<>) ALL (ARRAY['updated_at', 'last_used_at', 'last_refill_at']))::pg_catalog.text
-      FROM new, old";
+/// The update, with the changed fields (old and new) for the audit log, in one statement: the
+/// `old` row is read under the same snapshot as the update.
+fn update_sql(parameters: usize) -> String {
+    let placeholders: Vec<String> = (3..=parameters).map(|n| format!("${n}")).collect();
+    format!(
+        "WITH old AS (SELECT pg_catalog.to_jsonb(o) AS j FROM api_key.keys AS o WHERE o.id OPERATOR(pg_catalog.=) $1),
+              new AS (UPDATE api_key.keys AS k SET ({WRITTEN_COLUMNS}) = ({}), updated_at = $2
+                       WHERE k.id OPERATOR(pg_catalog.=) $1
+                   RETURNING k, pg_catalog.to_jsonb(k) AS j)
+         SELECT new.k,
+                (SELECT pg_catalog.jsonb_object_agg(n.key, pg_catalog.jsonb_build_object('from', o.value, 'to', n.value))
+                   FROM pg_catalog.jsonb_each(new.j) AS n
+                   JOIN pg_catalog.jsonb_each(old.j) AS o ON o.key OPERATOR(pg_catalog.=) n.key
+                  WHERE n.value OPERATOR(pg_catalog.<>) o.value
+                    AND n.key OPERATOR(pg_catalog.<>) ALL (ARRAY['updated_at', 'last_used_at', 'last_refill_at']))::pg_catalog.text
+           FROM new, old",
+        placeholders.join(", ")
+    )
+}
 
 fn write(id: Uuid, a: &After, now: i64) -> Result<(KeysRow, Option<String>), Error> {
     use crate::pg::oids::*;
-    let l = &a.limits;
-    let args: Vec<DatumWithOid> = vec![
-        id.into(),
-        a.name.as_deref().into(),
-        l.enabled.into(),
-        timestamptz_arg(l.expires_at),
-        a.permissions.into(),
-        a.metadata.into(),
-        l.remaining.into(),
-        l.refill.map(|r| r.amount).into(),
-        interval_arg(l.refill.map(|r| r.interval)),
-        l.rate_limit.is_some().into(),
-        l.rate_limit.map(|r| r.max).into(),
-        interval_arg(l.rate_limit.map(|r| r.window)),
-        timestamptz_arg(Some(now)),
-    ];
-    let types = [
-        UUIDOID,
-        TEXTOID,
-        BOOLOID,
-        TIMESTAMPTZOID,
-        JSONBOID,
-        JSONBOID,
-        INT8OID,
-        INT8OID,
-        INTERVALOID,
-        BOOLOID,
-        INT4OID,
-        INTERVALOID,
-        TIMESTAMPTZOID,
-    ];
+    let written = Written {
+        name: a.name.as_deref(),
+        permissions: a.permissions,
+        metadata: a.metadata,
+        limits: &a.limits,
+    };
+    let (written_types, written_args) = written.params();
+    let mut types = vec![UUIDOID, TIMESTAMPTZOID];
+    types.extend(written_types);
+    let mut args: Vec<DatumWithOid> = vec![id.into(), timestamptz_arg(Some(now))];
+    args.extend(written_args);
     Spi::connect_mut(|client| {
-        let statement = spi::statement(client, UPDATE, &types, true)?;
+        let statement = spi::statement(client, &update_sql(types.len()), &types, true)?;
         let rows = client
             .update(&*statement, None, &args)
             .map_err(spi::failed)?;

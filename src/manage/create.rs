@@ -2,13 +2,14 @@
 
 use super::audit::{self, Entry};
 use super::config::{self, Config};
+use super::key_row::{Written, WRITTEN_COLUMNS};
 use super::secret::{self, NewSecret};
 use crate::access::{self, Action, Principal, Reference};
 use crate::calendar::{self, Interval};
 use crate::error::{Error, OrRaise};
 use crate::key_format;
 use crate::permissions::Permissions;
-use crate::pg::clock::{self, interval_arg, interval_from, timestamptz_arg};
+use crate::pg::clock::{self, interval_from, timestamptz_arg};
 use crate::pg::jsonb::{self, Jsonb};
 use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
@@ -197,13 +198,6 @@ fn settings(
     })
 }
 
-const INSERT_KEY: &str = "
-    INSERT INTO api_key.keys (id, config_id, reference_type, reference_id, name, prefix, start, enabled,
-                              expires_at, permissions, metadata, remaining, refill_amount, refill_interval,
-                              rate_limit_enabled, rate_limit_max, rate_limit_window, created_at, created_by,
-                              updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $17)";
-
 fn insert(
     principal: &Principal,
     reference: &Reference,
@@ -213,50 +207,44 @@ fn insert(
     now: i64,
 ) -> Result<(), Error> {
     use crate::pg::oids::*;
-    let refill = s.limits.refill;
-    let rate_limit = s.limits.rate_limit;
-    let args: Vec<DatumWithOid> = vec![
-        id.into(),
-        s.config.id.as_str().into(),
-        reference.kind.as_str().into(),
-        reference.id.as_str().into(),
-        s.name.as_deref().into(),
-        s.prefix.as_str().into(),
-        secret.start.as_str().into(),
-        timestamptz_arg(s.expires_at),
-        s.permissions.into(),
-        s.metadata.into(),
-        s.limits.remaining.into(),
-        refill.map(|r| r.amount).into(),
-        interval_arg(refill.map(|r| r.interval)),
-        rate_limit.is_some().into(),
-        rate_limit.map(|r| r.max).into(),
-        interval_arg(rate_limit.map(|r| r.window)),
-        timestamptz_arg(Some(now)),
-        principal.actor().into(),
-    ];
-    let types = [
+    let written = Written {
+        name: s.name.as_deref(),
+        permissions: s.permissions,
+        metadata: s.metadata,
+        limits: &s.limits,
+    };
+    let (written_types, written_args) = written.params();
+    let mut types = vec![
         UUIDOID,
         TEXTOID,
         TEXTOID,
         TEXTOID,
         TEXTOID,
         TEXTOID,
-        TEXTOID,
-        TIMESTAMPTZOID,
-        JSONBOID,
-        JSONBOID,
-        INT8OID,
-        INT8OID,
-        INTERVALOID,
-        BOOLOID,
-        INT4OID,
-        INTERVALOID,
         TIMESTAMPTZOID,
         TEXTOID,
     ];
+    types.extend(written_types);
+    let mut args: Vec<DatumWithOid> = vec![
+        id.into(),
+        s.config.id.as_str().into(),
+        reference.kind.as_str().into(),
+        reference.id.as_str().into(),
+        s.prefix.as_str().into(),
+        secret.start.as_str().into(),
+        timestamptz_arg(Some(now)),
+        principal.actor().into(),
+    ];
+    args.extend(written_args);
+    let placeholders: Vec<String> = (9..=types.len()).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "INSERT INTO api_key.keys (id, config_id, reference_type, reference_id, prefix, start, created_at,
+                                   created_by, updated_at, {WRITTEN_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, {})",
+        placeholders.join(", ")
+    );
     Spi::connect_mut(|client| {
-        let statement = spi::statement(client, INSERT_KEY, &types, true)?;
+        let statement = spi::statement(client, &sql, &types, true)?;
         client
             .update(&*statement, None, &args)
             .map_err(spi::failed)?;

@@ -5,10 +5,11 @@
 use crate::access::{self, Action, Principal, Reference};
 use crate::calendar::Interval;
 use crate::error::Error;
-use crate::pg::clock::{interval_from, micros_of};
+use crate::pg::clock::{interval_arg, interval_from, micros_of, timestamptz_arg};
 use crate::pg::jsonb::{self, Jsonb};
 use crate::pg::spi;
 use crate::rules::{self, Limits};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -139,6 +140,53 @@ impl KeyRow {
             refill,
             rate_limit,
         }
+    }
+}
+
+/// What create and update write of a key's settings, as parameters in the order of
+/// `WRITTEN_COLUMNS`.
+pub struct Written<'a> {
+    pub name: Option<&'a str>,
+    pub permissions: Option<Jsonb>,
+    pub metadata: Option<Jsonb>,
+    pub limits: &'a Limits,
+}
+
+pub const WRITTEN_COLUMNS: &str = "name, enabled, expires_at, permissions, metadata, remaining, \
+     refill_amount, refill_interval, rate_limit_enabled, rate_limit_max, rate_limit_window";
+
+impl Written<'_> {
+    /// (types, values) of `WRITTEN_COLUMNS`.
+    pub fn params(&self) -> (Vec<pg_sys::Oid>, Vec<DatumWithOid<'static>>) {
+        use crate::pg::oids::*;
+        let l = self.limits;
+        let types = vec![
+            TEXTOID,
+            BOOLOID,
+            TIMESTAMPTZOID,
+            JSONBOID,
+            JSONBOID,
+            INT8OID,
+            INT8OID,
+            INTERVALOID,
+            BOOLOID,
+            INT4OID,
+            INTERVALOID,
+        ];
+        let values: Vec<DatumWithOid<'static>> = vec![
+            self.name.map(str::to_string).into(),
+            l.enabled.into(),
+            timestamptz_arg(l.expires_at),
+            self.permissions.into(),
+            self.metadata.into(),
+            l.remaining.into(),
+            l.refill.map(|r| r.amount).into(),
+            interval_arg(l.refill.map(|r| r.interval)),
+            l.rate_limit.is_some().into(),
+            l.rate_limit.map(|r| r.max).into(),
+            interval_arg(l.rate_limit.map(|r| r.window)),
+        ];
+        (types, values)
     }
 }
 

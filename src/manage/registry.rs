@@ -159,15 +159,8 @@ fn api_key_use_membership_table(
         // or this would read what it may not (a view that shows its owner more, a table whose
         // row-level security hides rows from the caller).
         let owner = relation_owner(relation).unwrap_or_default();
-        // SAFETY: a catalog lookup on two role oids.
-        if !unsafe { pg_sys::has_privs_of_role(principal.role(), owner) } {
-            return Err(Error::denied(format!(
-                "permission denied: {table} belongs to {}, which {} may not act as",
-                role_name(owner),
-                role_name(principal.role())
-            ))
-            .hint("Point at a table or view owned by the configuring role (or a role it is a member of)."));
-        }
+        may_act_as(&principal, owner, &table)
+            .map_err(|e| e.hint("Point at a table or view owned by the configuring role (or a role it is a member of)."))?;
 
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
@@ -270,15 +263,8 @@ fn api_key_register_reference_type(reference_type: Option<&str>, authorizer: Opt
                 "authorizer {signature} must take (actor text, reference_id text, action text) and return boolean"
             )));
         }
-        // SAFETY: a catalog lookup on two role oids.
-        if !unsafe { pg_sys::has_privs_of_role(principal.role(), owner) } {
-            return Err(Error::denied(format!(
-                "permission denied: authorizer {signature} belongs to {}, which {} may not act as",
-                role_name(owner),
-                role_name(principal.role())
-            ))
-            .hint("Register a function owned by the registering role."));
-        }
+        may_act_as(&principal, owner, &format!("authorizer {signature}"))
+            .map_err(|e| e.hint("Register a function owned by the registering role."))?;
         let now = clock::now();
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
@@ -301,4 +287,18 @@ fn api_key_register_reference_type(reference_type: Option<&str>, authorizer: Opt
         })
     })
     .or_raise()
+}
+
+/// Whether the registering role may act as `owner`, whose code or data (`what`) the extension
+/// will run or read with `owner`'s rights: registering must not reach further than the caller.
+fn may_act_as(principal: &Principal, owner: pg_sys::Oid, what: &str) -> Result<(), Error> {
+    // SAFETY: a catalog lookup on two role oids.
+    if unsafe { pg_sys::has_privs_of_role(principal.role(), owner) } {
+        return Ok(());
+    }
+    Err(Error::denied(format!(
+        "permission denied: {what} belongs to {}, which {} may not act as",
+        role_name(owner),
+        role_name(principal.role())
+    )))
 }
