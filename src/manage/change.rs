@@ -15,7 +15,7 @@ use crate::pg::jsonb::Jsonb;
 use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
 use crate::rules::{self, Limits, RateLimit, Refill};
-use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -262,11 +262,10 @@ fn after(change: &Change, key: &KeyRow, config: &config::Config, now: i64) -> Re
 
 /// The update, with the changed fields (old and new) for the audit log, in one statement: the
 /// `old` row is read under the same snapshot as the update.
-fn update_sql(parameters: usize) -> String {
-    let placeholders: Vec<String> = (3..=parameters).map(|n| format!("${n}")).collect();
+fn update_sql(written: &str) -> String {
     format!(
         "WITH old AS (SELECT pg_catalog.to_jsonb(o) AS j FROM api_key.keys AS o WHERE o.id OPERATOR(pg_catalog.=) $1),
-              new AS (UPDATE api_key.keys AS k SET ({WRITTEN_COLUMNS}) = ({}), updated_at = $2
+              new AS (UPDATE api_key.keys AS k SET ({WRITTEN_COLUMNS}) = ({written}), updated_at = $2
                        WHERE k.id OPERATOR(pg_catalog.=) $1
                    RETURNING k, pg_catalog.to_jsonb(k) AS j)
          SELECT new.k,
@@ -275,8 +274,7 @@ fn update_sql(parameters: usize) -> String {
                    JOIN pg_catalog.jsonb_each(old.j) AS o ON o.key OPERATOR(pg_catalog.=) n.key
                   WHERE n.value OPERATOR(pg_catalog.<>) o.value
                     AND n.key OPERATOR(pg_catalog.<>) ALL (ARRAY['updated_at', 'last_used_at', 'last_refill_at']))::pg_catalog.text
-           FROM new, old",
-        placeholders.join(", ")
+           FROM new, old"
     )
 }
 
@@ -288,15 +286,14 @@ fn write(id: Uuid, a: &After, now: i64) -> Result<(KeysRow, Option<String>), Err
         metadata: a.metadata,
         limits: &a.limits,
     };
-    let (written_types, written_args) = written.params();
-    let mut types = vec![UUIDOID, TIMESTAMPTZOID];
-    types.extend(written_types);
-    let mut args: Vec<DatumWithOid> = vec![id.into(), timestamptz_arg(Some(now))];
-    args.extend(written_args);
+    let params = written.params(vec![
+        (UUIDOID, id.into()),
+        (TIMESTAMPTZOID, timestamptz_arg(Some(now))),
+    ]);
     Spi::connect_mut(|client| {
-        let statement = spi::statement(client, &update_sql(types.len()), &types, true)?;
+        let statement = spi::statement(client, &update_sql(&params.written), &params.types, true)?;
         let rows = client
-            .update(&*statement, None, &args)
+            .update(&*statement, None, &params.args)
             .map_err(spi::failed)?;
         let row = rows.first();
         let key = row

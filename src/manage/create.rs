@@ -14,7 +14,7 @@ use crate::pg::jsonb::{self, Jsonb};
 use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
 use crate::rules::{self, Limits};
-use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -213,40 +213,26 @@ fn insert(
         metadata: s.metadata,
         limits: &s.limits,
     };
-    let (written_types, written_args) = written.params();
-    let mut types = vec![
-        UUIDOID,
-        TEXTOID,
-        TEXTOID,
-        TEXTOID,
-        TEXTOID,
-        TEXTOID,
-        TIMESTAMPTZOID,
-        TEXTOID,
-    ];
-    types.extend(written_types);
-    let mut args: Vec<DatumWithOid> = vec![
-        id.into(),
-        s.config.id.as_str().into(),
-        reference.kind.as_str().into(),
-        reference.id.as_str().into(),
-        s.prefix.as_str().into(),
-        secret.start.as_str().into(),
-        timestamptz_arg(Some(now)),
-        principal.actor().into(),
-    ];
-    args.extend(written_args);
-    let placeholders: Vec<String> = (9..=types.len()).map(|n| format!("${n}")).collect();
+    let params = written.params(vec![
+        (UUIDOID, id.into()),
+        (TEXTOID, s.config.id.as_str().into()),
+        (TEXTOID, reference.kind.as_str().into()),
+        (TEXTOID, reference.id.as_str().into()),
+        (TEXTOID, s.prefix.as_str().into()),
+        (TEXTOID, secret.start.as_str().into()),
+        (TIMESTAMPTZOID, timestamptz_arg(Some(now))),
+        (TEXTOID, principal.actor().into()),
+    ]);
     let sql = format!(
         "INSERT INTO api_key.keys (id, config_id, reference_type, reference_id, prefix, start, created_at,
                                    created_by, updated_at, {WRITTEN_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, {})",
-        placeholders.join(", ")
+        params.written
     );
     Spi::connect_mut(|client| {
-        let statement = spi::statement(client, &sql, &types, true)?;
+        let statement = spi::statement(client, &sql, &params.types, true)?;
         client
-            .update(&*statement, None, &args)
+            .update(&*statement, None, &params.args)
             .map_err(spi::failed)?;
         Ok::<_, Error>(())
     })?;

@@ -155,38 +155,41 @@ pub struct Written<'a> {
 pub const WRITTEN_COLUMNS: &str = "name, enabled, expires_at, permissions, metadata, remaining, \
      refill_amount, refill_interval, rate_limit_enabled, rate_limit_max, rate_limit_window";
 
+/// A statement's parameters: `leading` ones as `$1`…, then `WRITTEN_COLUMNS`' values.
+pub struct Params<'a> {
+    pub types: Vec<pg_sys::Oid>,
+    pub args: Vec<DatumWithOid<'a>>,
+    /// `$k, …, $n`: the placeholders of `WRITTEN_COLUMNS`, in their order.
+    pub written: String,
+}
+
 impl Written<'_> {
-    /// (types, values) of `WRITTEN_COLUMNS`.
-    pub fn params(&self) -> (Vec<pg_sys::Oid>, Vec<DatumWithOid<'static>>) {
+    pub fn params<'a>(&self, leading: Vec<(pg_sys::Oid, DatumWithOid<'a>)>) -> Params<'a> {
         use crate::pg::oids::*;
         let l = self.limits;
-        let types = vec![
-            TEXTOID,
-            BOOLOID,
-            TIMESTAMPTZOID,
-            JSONBOID,
-            JSONBOID,
-            INT8OID,
-            INT8OID,
-            INTERVALOID,
-            BOOLOID,
-            INT4OID,
-            INTERVALOID,
+        let written: [(pg_sys::Oid, DatumWithOid<'a>); 11] = [
+            (TEXTOID, self.name.map(str::to_string).into()),
+            (BOOLOID, l.enabled.into()),
+            (TIMESTAMPTZOID, timestamptz_arg(l.expires_at)),
+            (JSONBOID, self.permissions.into()),
+            (JSONBOID, self.metadata.into()),
+            (INT8OID, l.remaining.into()),
+            (INT8OID, l.refill.map(|r| r.amount).into()),
+            (INTERVALOID, interval_arg(l.refill.map(|r| r.interval))),
+            (BOOLOID, l.rate_limit.is_some().into()),
+            (INT4OID, l.rate_limit.map(|r| r.max).into()),
+            (INTERVALOID, interval_arg(l.rate_limit.map(|r| r.window))),
         ];
-        let values: Vec<DatumWithOid<'static>> = vec![
-            self.name.map(str::to_string).into(),
-            l.enabled.into(),
-            timestamptz_arg(l.expires_at),
-            self.permissions.into(),
-            self.metadata.into(),
-            l.remaining.into(),
-            l.refill.map(|r| r.amount).into(),
-            interval_arg(l.refill.map(|r| r.interval)),
-            l.rate_limit.is_some().into(),
-            l.rate_limit.map(|r| r.max).into(),
-            interval_arg(l.rate_limit.map(|r| r.window)),
-        ];
-        (types, values)
+        let first = leading.len() + 1;
+        let placeholders: Vec<String> = (first..first + written.len())
+            .map(|n| format!("${n}"))
+            .collect();
+        let (types, args) = leading.into_iter().chain(written).unzip();
+        Params {
+            types,
+            args,
+            written: placeholders.join(", "),
+        }
     }
 }
 

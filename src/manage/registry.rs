@@ -110,17 +110,7 @@ fn api_key_use_membership_table(
                 client.update(&*statement, None, &[]).map_err(spi::failed)?;
                 Ok::<_, Error>(())
             })?;
-            let detail = serde_json::json!({ "relation": null }).to_string();
-            return audit::write(
-                &principal,
-                Entry {
-                    at: now,
-                    action: "membership_source",
-                    key_id: None,
-                    reference: None,
-                    detail: Some(detail),
-                },
-            );
+            return record_source(&principal, now, serde_json::json!({ "relation": null }));
         };
         let columns = [
             (organization_column, "organization_column"),
@@ -187,18 +177,21 @@ fn api_key_use_membership_table(
             "user_column": user_column,
             "role_column": role_column,
         });
-        audit::write(
-            &principal,
-            Entry {
-                at: now,
-                action: "membership_source",
-                key_id: None,
-                reference: None,
-                detail: Some(detail.to_string()),
-            },
-        )
+        record_source(&principal, now, detail)
     })
     .or_raise()
+}
+
+/// The audit entry of a change of membership source.
+fn record_source(principal: &Principal, now: i64, detail: serde_json::Value) -> Result<(), Error> {
+    let entry = Entry {
+        at: now,
+        action: "membership_source",
+        key_id: None,
+        reference: None,
+        detail: Some(detail.to_string()),
+    };
+    audit::write(principal, entry)
 }
 
 const FUNCTION: &str = "
