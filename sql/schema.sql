@@ -19,15 +19,45 @@ $encoding$;
 CREATE SCHEMA IF NOT EXISTS api_key;
 COMMENT ON SCHEMA api_key IS 'API keys: tables, internal functions and policies of the api_key extension';
 
--- Roles are cluster-wide and outlive the extension: create them only when absent.
+-- Roles are cluster-wide and outlive the extension: create them only when absent. An existing
+-- one (the extension installed in another database of the cluster) is adopted only if it is as
+-- this script makes it: it cannot log in and has no attribute, is a member of no role, and no
+-- one but superusers may hand it out. A role someone else created beforehand (a CREATEROLE
+-- role holds ADMIN OPTION on what it creates) would otherwise let them make anyone the service.
 DO $roles$
+DECLARE
+    name pg_catalog.text;
+    role pg_catalog.oid;
+    problem pg_catalog.text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'api_key_user') THEN
-        CREATE ROLE api_key_user NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'api_key_admin') THEN
-        CREATE ROLE api_key_admin NOLOGIN;
-    END IF;
+    FOREACH name IN ARRAY ARRAY['api_key_user', 'api_key_admin'] LOOP
+        SELECT r.oid INTO role FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) name;
+        IF role IS NULL THEN
+            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', name);
+            CONTINUE;
+        END IF;
+        SELECT 'it has attributes the extension never gives it (LOGIN, SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS)'
+          INTO problem FROM pg_catalog.pg_roles AS r
+         WHERE r.oid OPERATOR(pg_catalog.=) role
+           AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls);
+        IF problem IS NULL THEN
+            SELECT 'it is a member of ' OPERATOR(pg_catalog.||) pg_catalog.string_agg(g.rolname::pg_catalog.text, ', ')
+              INTO problem FROM pg_catalog.pg_auth_members AS a JOIN pg_catalog.pg_roles AS g ON g.oid OPERATOR(pg_catalog.=) a.roleid
+             WHERE a.member OPERATOR(pg_catalog.=) role HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0;
+        END IF;
+        IF problem IS NULL THEN
+            SELECT pg_catalog.string_agg(m.rolname::pg_catalog.text, ', ') OPERATOR(pg_catalog.||) ' may grant it (ADMIN OPTION)'
+              INTO problem FROM pg_catalog.pg_auth_members AS a JOIN pg_catalog.pg_roles AS m ON m.oid OPERATOR(pg_catalog.=) a.member
+             WHERE a.roleid OPERATOR(pg_catalog.=) role AND a.admin_option AND NOT m.rolsuper
+            HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0;
+        END IF;
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'role % already exists and %', name, problem
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'api_key adopts an existing role only as it creates one: members of api_key_admin act as the service.',
+                      HINT = 'As a superuser, fix or drop the role (see docs/security.md, "Roles"), then CREATE EXTENSION api_key again.';
+        END IF;
+    END LOOP;
 END
 $roles$;
 COMMENT ON ROLE api_key_user IS 'api_key: may verify and authenticate keys, and manage keys as the actor set in api_key.actor';

@@ -65,7 +65,7 @@ CREATE VIEW api_key.keys_without_creator WITH (security_invoker = true) AS
 SELECT k.id, k.reference_type, k.reference_id, k.name, k.start, k.created_by, k.created_at, k.last_used_at
   FROM api_key.keys AS k
  WHERE k.reference_type OPERATOR(pg_catalog.=) 'organization' AND k.created_by IS NOT NULL
-   AND api_key.creator_left(k.reference_id, k.created_by);
+   AND api_key.creator_left(k.id);
 COMMENT ON VIEW api_key.keys_without_creator IS 'Organization keys whose creator has left the organization (for audits; the keys keep working)';
 
 -- Privileges.
@@ -81,7 +81,7 @@ GRANT INSERT, UPDATE, DELETE ON api_key.organizations, api_key.members, api_key.
 
 -- What the policies call, as the querying role: each answers for the current actor only.
 GRANT EXECUTE ON FUNCTION api_key.actor(), api_key.may(text, text, text), api_key.is_member(text),
-                          api_key.creator_left(text, text)
+                          api_key.creator_left(uuid)
     TO api_key_user, api_key_admin;
 
 -- Every public function of the extension: from PUBLIC to the extension's roles. Found through
@@ -127,7 +127,7 @@ COMMENT ON FUNCTION @extschema@.api_key_update(uuid, text, boolean, timestamp wi
 COMMENT ON FUNCTION @extschema@.api_key_revoke(uuid) IS
     'Revoke a key: it is deleted and verifies as NOT_FOUND from now on. True if this call revoked it, false if there is no such key.';
 COMMENT ON FUNCTION @extschema@.api_key_rotate(uuid, interval) IS
-    'New plaintext for the same key (owner, permissions, limits, credits); the old one works until grace has passed';
+    'New plaintext for the same key (owner, permissions, limits, credits); the old one works until grace has passed. Needs api_key:update and api_key:create.';
 COMMENT ON FUNCTION @extschema@.api_key_delete_expired() IS
     'Delete expired keys and rotated-away secrets past their grace; returns how many of both. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean) IS
@@ -146,4 +146,4 @@ COMMENT ON FUNCTION @extschema@.api_key_has_permission(text, text) IS 'Whether t
 COMMENT ON FUNCTION api_key.actor() IS 'The actor of this transaction (api_key.actor), or NULL';
 COMMENT ON FUNCTION api_key.may(text, text, text) IS 'Policy test: may the current actor (or the service) create/read/update/delete keys of this reference? Remembered per statement.';
 COMMENT ON FUNCTION api_key.is_member(text) IS 'Policy test: is the current actor a member of this organization?';
-COMMENT ON FUNCTION api_key.creator_left(text, text) IS 'For keys_without_creator: has a key''s creator left its organization? NULL unless the current actor may read the organization''s keys.';
+COMMENT ON FUNCTION api_key.creator_left(uuid) IS 'For keys_without_creator: has this organization key''s creator left the organization? NULL unless the current actor may read the organization''s keys.';

@@ -230,7 +230,7 @@ GONE_INTERNALS = ["caller_token", "caller_role", "caller_is_service", "create_ke
                   "member_role", "actor_may", "may_read", "permissions_problem", "authorize", "role_grants",
                   "require_service", "check_config", "check_key_settings", "expiry"]
 POLICY_FUNCTIONS = {"api_key.actor()", "api_key.may(text,text,text)", "api_key.is_member(text)",
-                    "api_key.creator_left(text,text)"}
+                    "api_key.creator_left(uuid)"}
 
 
 def test_no_internal_function_can_act_as_someone_else(app, service, su):

@@ -1,7 +1,7 @@
 """Every SQL example in README.md and docs/ runs, as written, in CI (doc tests).
 
 Each ```sql block of a document runs, in order, in one fresh database (with the extension created
-first unless the document creates it), through psql as the superuser (the examples say when they switch role). Blocks fenced without a language
+first unless the document creates it; databases and roles it creates are dropped afterwards), through psql as the superuser (the examples say when they switch role). Blocks fenced without a language
 (signatures) are not run. A statement that is meant to fail says so in a comment on its last
 line, `-- ERROR 42501` (the SQLSTATE); every other statement must succeed. Roles a document
 creates are dropped before and after it."""
@@ -30,6 +30,15 @@ def created_roles(script: str) -> list[str]:
     return sorted(set(re.findall(r"CREATE ROLE\s+(\w+)", script, re.I)))
 
 
+def created_databases(script: str) -> list[str]:
+    return sorted(set(re.findall(r"CREATE DATABASE\s+(\w+)", script, re.I)))
+
+
+def drop_databases(admin, databases: list[str]) -> None:
+    for name in databases:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def drop_roles(roles: list[str]) -> None:
     if not roles:
         return
@@ -43,13 +52,15 @@ def test_sql_examples_run_as_written(doc, tmp_path, database):
     script = "\n".join(blocks(doc))
     db = "doc_" + re.sub(r"\W", "_", doc.stem.lower())
     roles = created_roles(script)
+    databases = created_databases(script)
     with connect("postgres", "postgres") as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        drop_databases(admin, databases)
         drop_roles(roles)
         admin.execute(f'CREATE DATABASE "{db}"')
     path = tmp_path / f"{doc.stem}.sql"
     # Start each document as a fresh psql session would; errors show their SQLSTATE.
-    setup = "" if re.search(r"CREATE EXTENSION api_key", script) else "CREATE EXTENSION api_key;\n"
+    setup = "" if re.search(r"^\s*CREATE EXTENSION api_key", script, re.M) else "CREATE EXTENSION api_key;\n"
     path.write_text("\\set VERBOSITY sqlstate\n" + setup + script + "\n")
     try:
         out = subprocess.run(
@@ -59,6 +70,7 @@ def test_sql_examples_run_as_written(doc, tmp_path, database):
     finally:
         with connect("postgres", "postgres") as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            drop_databases(admin, databases)
         drop_roles(roles)
     lines = path.read_text().splitlines()
     got = {int(line): state for line, state in PSQL_ERROR.findall(out.stderr)}

@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from helpers import APP, SERVICE, expect_error, uid
+from helpers import APP, SERVICE, connect, create, expect_error, uid
 
 # Shadows of built-ins, created in the attacker's schema: (signature, returns, call of the real one).
 SHADOW_FUNCTIONS = [
@@ -333,7 +333,7 @@ def test_verification_and_bookkeeping_ignore_the_callers_shadows(attacker, servi
 # --- No oracle of other organizations' membership ---------------------------------------------
 
 EXPECTED_EXECUTABLE = {
-    "api_key.actor()", "api_key.may(text,text,text)", "api_key.is_member(text)", "api_key.creator_left(text,text)",
+    "api_key.actor()", "api_key.may(text,text,text)", "api_key.is_member(text)", "api_key.creator_left(uuid)",
 }
 
 
@@ -367,7 +367,7 @@ def test_no_function_answers_about_other_organizations(app, secret_org):
     for actor in ("stranger", None):
         assert app.val("SELECT api_key.is_member(%s)", [org], actor=actor) is False
         assert app.val("SELECT api_key.may('organization', %s, 'read')", [org], actor=actor) is False
-        assert app.val("SELECT api_key.creator_left(%s, 'ceo')", [org], actor=actor) is None
+        assert app.val("SELECT api_key.creator_left(%s)", [secret_org["key_id"]], actor=actor) is None
         assert app.val("SELECT count(*) FROM api_key.members WHERE organization_id = %s", [org], actor=actor) == 0
     for gone in ("api_key.member_role(text,text)", "api_key.actor_may(text,text,text,text)"):
         assert app.val("SELECT to_regprocedure(%s) IS NULL", [gone]) is True
@@ -414,8 +414,51 @@ def test_last_used_bookkeeping_never_fails_a_commit(su, service, new_client):
     deadline = time.time() + 5
     while su.val("SELECT count(*) FROM api_key.keys WHERE reference_id = %s AND last_used_at IS NULL", [user]):
         assert time.time() < deadline, "last_used_at was never written after the lock was released"
-        victim.rows("SELECT 1")
+        victim.rows("SELECT txid_current()")  # a transaction that writes anyway
         time.sleep(0.2)
+
+
+def test_bookkeeping_stays_out_of_transactions_that_neither_verify_nor_write(su, service, new_client):
+    """A read-only transaction of another client on a pooled connection must stay read-only (no
+    transaction id, no WAL, no wait for a synchronous standby): pending uses wait for a
+    transaction that verifies or writes."""
+    user = uid("u")
+    keys = [service.one("SELECT key FROM api_key_create(reference_id => %s)", [user])["key"] for _ in range(2)]
+    pooled = new_client("postgres")  # the precision is a superuser's setting
+    pooled.rows("SET api_key.last_used_precision = 2")
+    assert pooled.val("SELECT code FROM api_key_verify(%s)", [keys[0]]) == "VALID"
+    written = "SELECT count(last_used_at) FROM api_key.keys WHERE reference_id = %s"
+    first = su.val(written, [user])  # the first use of a key may be written by its own commit
+    time.sleep(1.2)  # a write is now due
+    with pooled.tx() as conn:
+        conn.execute("SELECT count(*) FROM pg_class")
+        assert conn.execute("SELECT pg_current_xact_id_if_assigned() AS x").fetchone()["x"] is None
+    assert su.val(written, [user]) == first
+    # The next verifying transaction writes them.
+    assert pooled.val("SELECT code FROM api_key_verify(%s)", [keys[1]]) == "VALID"
+    assert su.val(written, [user]) == 2
+
+
+def test_an_empty_actor_is_refused_not_the_service(service, new_client):
+    """An empty user id from a request must not make a service role the service; RESET (or a
+    setting that ended with its transaction, before or after the library was loaded) is."""
+    expect_error("22023", service.rows, "SELECT api_key_config_update('default', '{}')", actor="")
+    for first_use_loads_library in (True, False):
+        fresh = new_client(SERVICE)
+        with fresh.tx():
+            fresh.conn.execute("SET LOCAL api_key.actor = 'u1'")
+        if first_use_loads_library:
+            fresh.rows("SELECT api_key.actor()")
+        with fresh.tx():
+            fresh.conn.execute("SET LOCAL api_key.actor = ''")
+            with pytest.raises(psycopg.Error) as info:
+                fresh.conn.execute("SELECT api_key_config_update('default', '{}')")
+            assert info.value.sqlstate == "22023"
+        assert fresh.val("SELECT api_key.actor()") is None
+        fresh.rows("SELECT api_key_config_update('default', '{}')")  # the service again
+        fresh.rows("SET api_key.actor = 'u1'")
+        fresh.rows("RESET api_key.actor")
+        fresh.rows("SELECT api_key_config_update('default', '{}')")
 
 
 def test_rows_locked_by_others_are_skipped_not_waited_for(su, service, new_client):
@@ -430,7 +473,7 @@ def test_rows_locked_by_others_are_skipped_not_waited_for(su, service, new_clien
         holder.conn.execute("SELECT 1 FROM api_key.keys WHERE id = %s FOR UPDATE", [made["id"]])
         started = time.monotonic()
         for _ in range(3):
-            victim.rows("SELECT 1")
+            victim.rows("SELECT txid_current()")
         assert time.monotonic() - started < 0.4
 
 
@@ -536,3 +579,67 @@ def test_rolling_back_a_reauthentication_gives_the_earlier_key_back(app, service
         conn.execute("SELECT api_key_authenticate(%s)", [b])
         conn.execute("RELEASE SAVEPOINT t")
         assert conn.execute("SELECT api_key_current_reference_id() AS r").fetchone()["r"] == "tenant_b"
+
+
+# --- Installing: roles someone else prepared ----------------------------------------------------
+
+@pytest.mark.parametrize("prepare, undo", [
+    ("ALTER ROLE api_key_admin LOGIN", "ALTER ROLE api_key_admin NOLOGIN"),
+    ("ALTER ROLE api_key_user BYPASSRLS", "ALTER ROLE api_key_user NOBYPASSRLS"),
+    ("GRANT api_key_admin TO {squatter} WITH ADMIN OPTION", "REVOKE api_key_admin FROM {squatter}"),
+    ("GRANT pg_read_all_data TO api_key_user", "REVOKE pg_read_all_data FROM api_key_user"),
+], ids=["can log in", "has an attribute", "a non-superuser may grant it", "member of another role"])
+def test_installing_refuses_roles_it_would_not_have_made(prepare, undo):
+    """The roles are cluster-wide, so a second database adopts them; but not a role prepared by
+    someone else (PostgreSQL 16 gives a CREATEROLE role ADMIN OPTION on what it creates), who
+    could then make anyone the service."""
+    squatter = uid("squatter")
+    db = uid("install")
+    with connect("postgres", "postgres") as admin:
+        admin.execute(f'CREATE ROLE "{squatter}" LOGIN')
+        admin.execute(f'CREATE DATABASE "{db}"')
+        admin.execute(prepare.format(squatter=f'"{squatter}"'))
+        try:
+            with connect("postgres", db) as fresh:
+                err = expect_error("55000", fresh.execute, "CREATE EXTENSION api_key")
+                assert "already exists and" in err.diag.message_primary
+                assert fresh.execute("SELECT count(*) AS n FROM pg_extension WHERE extname = 'api_key'"
+                                     ).fetchone()["n"] == 0
+        finally:
+            admin.execute(undo.format(squatter=f'"{squatter}"'))
+        # As the extension makes them, they are adopted.
+        with connect("postgres", db) as fresh:
+            fresh.execute("CREATE EXTENSION api_key")
+        admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE "{squatter}"')
+
+
+# --- Policies: answers are remembered per snapshot, not longer ----------------------------------
+
+def test_a_committed_removal_is_seen_by_the_next_statement(su, service, new_client):
+    """Two READ COMMITTED snapshots can share their bounds and command id yet differ: a
+    transaction inside the bounds committed in between. A member removed that way must lose
+    access at the next statement, as api_key_get does."""
+    org = uid("org")
+    su.rows("INSERT INTO api_key.organizations (id) VALUES (%s)", [org])
+    su.rows("INSERT INTO api_key.members VALUES (%s, 'alice', 'admin')", [org])
+    made = create(service, reference_type="organization", reference_id=org)
+    old = connect("postgres", autocommit=False)  # holds the snapshots' xmin
+    removal = connect(SERVICE, autocommit=False)
+    later = connect("postgres", autocommit=False)
+    alice = connect(APP, autocommit=False)
+    try:
+        old.execute("SELECT txid_current()")
+        removal.execute("DELETE FROM api_key.members WHERE organization_id = %s AND user_id = 'alice'", [org])
+        later.execute("SELECT txid_current()")
+        later.commit()  # completes after the removal's xid was assigned: xmax moves past it
+        alice.execute("SELECT set_config('api_key.actor', 'alice', true)")
+        seen = "SELECT count(*) AS n FROM api_key.keys WHERE id = %s"
+        assert alice.execute(seen, [made["id"]]).fetchone()["n"] == 1
+        removal.commit()
+        assert alice.execute(seen, [made["id"]]).fetchone()["n"] == 0
+        assert alice.execute("SELECT api_key.is_member(%s) AS m", [org]).fetchone()["m"] is False
+    finally:
+        for c in (alice, old, removal, later):
+            c.rollback()
+            c.close()

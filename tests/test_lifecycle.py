@@ -447,17 +447,16 @@ def test_unusual_identifiers_round_trip(ident, app):
                                    "", "x" * 257, "🔑" * 257])
 def test_identifiers_with_control_characters_or_out_of_bounds_are_refused(ident, app, service, su):
     """Actors and reference ids: 1 to 256 characters, no control characters (22023, even for the
-    service; an empty actor is no actor)."""
+    service; an empty actor is refused too, not taken for "no actor")."""
     before = su.val("SELECT count(*) FROM api_key.keys")
     expect_error("22023", create, service, reference_id=ident)
     expect_error("22023", service.rows, "SELECT * FROM api_key_list_for_reference(reference_id => %s)", [ident])
-    if ident:
-        expect_error("22023", create, app, actor=ident, reference_id="someone")
-        expect_error("22023", create, service, actor=ident, reference_id="someone")
-        # Policies see nothing for such an actor (and raise nothing).
-        assert app.rows("SELECT id FROM api_key.keys", actor=ident) == []
-    else:
-        expect_error("42501", create, app, actor=ident, reference_id="someone")
+    expect_error("22023", create, app, actor=ident, reference_id="someone")
+    expect_error("22023", create, service, actor=ident, reference_id="someone")
+    # Policies see nothing for such an actor (and raise nothing), even a service role's.
+    assert app.rows("SELECT id FROM api_key.keys", actor=ident) == []
+    assert service.rows("SELECT id FROM api_key.keys", actor=ident) == []
+    assert service.val("SELECT api_key.actor()", actor=ident) is None
     if ident and len(ident) <= 128:
         expect_error("22023", create, service, reference_id=uid("u"), name=ident)
     assert su.val("SELECT count(*) FROM api_key.keys") == before

@@ -248,6 +248,39 @@ def test_configurations_are_the_services_unless_they_let_actors_create(app, serv
     create(app, actor=user, reference_id=user, config_id=partner)
 
 
+def test_rotating_is_issuing_a_key(app, service, su):
+    """A rotation hands out a working key with the key's permissions: an actor needs the right to
+    create keys (and a configuration it may create keys of), not only to update them."""
+    org = uid("org")
+    partner = uid("partner")
+    su.rows("INSERT INTO api_key.organizations (id) VALUES (%s)", [org])
+    su.rows("INSERT INTO api_key.members VALUES (%s, 'keeper', 'maintainer'), (%s, 'adm', 'admin')", [org, org])
+    su.rows("INSERT INTO api_key.role_permissions VALUES (%s, 'maintainer', 'read'), (%s, 'maintainer', 'update')",
+            [org, org])
+    service.rows("SELECT api_key_config_create(%s)", [partner])
+    made = create(service, reference_type="organization", reference_id=org, config_id=partner,
+                  permissions='{"billing": ["write"]}')
+    plain = create(service, reference_type="organization", reference_id=org)
+    before = su.rows("SELECT key_id, expires_at FROM api_key.key_secrets ORDER BY key_id, created_at")
+
+    # update without create: no rotation, of any configuration
+    for key in (made, plain):
+        err = expect_error("42501", app.rows, "SELECT * FROM api_key_rotate(%s, grace => '10 years')", [key["id"]],
+                           actor="keeper")
+        assert "api_key:create" in err.diag.message_primary
+    # create, but of a configuration kept for the service
+    err = expect_error("42501", app.rows, "SELECT * FROM api_key_rotate(%s)", [made["id"]], actor="adm")
+    assert "only the service" in err.diag.message_primary
+    assert su.rows("SELECT key_id, expires_at FROM api_key.key_secrets ORDER BY key_id, created_at") == before
+    assert verify(app, made["key"])["code"] == "VALID"
+
+    # what creating allows, rotating allows
+    rotated = app.rows("SELECT key FROM api_key_rotate(%s)", [plain["id"]], actor="adm")[0]
+    assert verify(app, rotated["key"])["code"] == "VALID"
+    service.rows("SELECT api_key_config_update(%s, '{\"actor_may_create\": true}')", [partner])
+    app.rows("SELECT key FROM api_key_rotate(%s)", [made["id"]], actor="adm")
+
+
 def test_a_month_is_not_thirty_days_for_an_owner(app, service):
     """Switching a window between '1 month' and '30 days' shortens it in some months: an owner
     may do neither; and max_expires_in is counted on the calendar."""

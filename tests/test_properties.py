@@ -8,6 +8,7 @@ every key value with exactly one row (it may raise only for a malformed `permiss
 from __future__ import annotations
 
 import re
+import uuid
 
 import psycopg
 import pytest
@@ -244,5 +245,6 @@ def test_policy_helpers_and_binding_helpers(app, su, resource, action, reference
          one_row=True)
     for sql, params in [("SELECT api_key.may(%s, %s, %s)", [reference_type, reference_id, what]),
                         ("SELECT api_key.is_member(%s)", [reference_id]),
-                        ("SELECT api_key.creator_left(%s, %s)", [reference_id, what])]:
+                        ("SELECT api_key.creator_left(%s::uuid)", [str(uuid.uuid4())]),
+                        ("SELECT api_key.creator_left(NULL)", [])]:
         assert len(app.rows(sql, params, actor=what if what else None)) == 1

@@ -61,7 +61,9 @@ pub enum Principal {
     Actor { role: Oid, actor: String },
 }
 
-/// `api_key.actor`, or None when unset or empty.
+/// `api_key.actor`, or None when unset (never set, or RESET). An empty value is returned as
+/// it is, and refused by `Principal::of_caller`: an empty user id from a request must not turn
+/// a service-capable role into the service.
 pub fn current_actor() -> Option<String> {
     // SAFETY: GetConfigOption with missing_ok returns NULL or a string owned by the GUC system,
     // copied at once.
@@ -70,8 +72,7 @@ pub fn current_actor() -> Option<String> {
         if value.is_null() {
             return None;
         }
-        let value = CStr::from_ptr(value).to_string_lossy();
-        (!value.is_empty()).then(|| value.into_owned())
+        Some(CStr::from_ptr(value).to_string_lossy().into_owned())
     }
 }
 
@@ -96,7 +97,8 @@ impl Principal {
         match current_actor() {
             Some(actor) => {
                 if let Some(problem) = id_problem(&actor) {
-                    return Err(Error::invalid(format!("api_key.actor {problem}")));
+                    return Err(Error::invalid(format!("api_key.actor {problem}"))
+                        .hint("RESET api_key.actor to act as the service."));
                 }
                 Ok(Principal::Actor { role, actor })
             }

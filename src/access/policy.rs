@@ -17,8 +17,10 @@ use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// What identifies the data a statement sees: transaction, snapshot bounds, command id.
-type SnapshotTag = (u32, u32, u32, u32);
+/// What identifies the data a statement sees: transaction, snapshot bounds, command id, and
+/// the transactions the snapshot sees as running (two snapshots with the same bounds differ
+/// when one of those committed in between).
+type SnapshotTag = (u32, u32, u32, u32, u64);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Question {
@@ -38,17 +40,34 @@ thread_local! {
 }
 
 fn snapshot_tag() -> Option<SnapshotTag> {
-    // SAFETY: reads the active snapshot, which a policy evaluation always has.
+    // SAFETY: reads the active snapshot, which a policy evaluation always has; its xip and
+    // subxip arrays hold xcnt and subxcnt ids.
     unsafe {
         if !pg_sys::ActiveSnapshotSet() {
             return None;
         }
         let s = pg_sys::GetActiveSnapshot();
+        let running = |ids: *const pg_sys::TransactionId, n: usize| {
+            if ids.is_null() || n == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(ids, n)
+            }
+        };
+        let mut hasher = std::hash::DefaultHasher::new();
+        for id in running((*s).xip, (*s).xcnt as usize)
+            .iter()
+            .chain(running((*s).subxip, (*s).subxcnt.max(0) as usize))
+        {
+            std::hash::Hash::hash(&id.into_inner(), &mut hasher);
+        }
+        std::hash::Hash::hash(&(*s).suboverflowed, &mut hasher);
         Some((
             local_xid(),
             (*s).xmin.into_inner(),
             (*s).xmax.into_inner(),
             (*s).curcid,
+            std::hash::Hasher::finish(&hasher),
         ))
     }
 }
@@ -111,10 +130,11 @@ fn is_member_for(principal: &Principal, organization_id: &str) -> bool {
 mod api_key {
     use super::*;
 
-    /// The actor of this transaction (`api_key.actor`), or NULL.
+    /// The actor of this transaction (`api_key.actor`), or NULL when there is none or it is
+    /// not a valid actor (empty, too long, control characters: what management refuses).
     #[pg_extern(stable, parallel_safe)]
     pub fn actor() -> Option<String> {
-        super::super::current_actor()
+        super::super::current_actor().filter(|actor| super::super::id_problem(actor).is_none())
     }
 
     /// May the current actor (or the service) `action` the keys of this reference? For
@@ -158,24 +178,50 @@ mod api_key {
         }
     }
 
-    /// Has the creator of an organization key left the organization? NULL unless the current
-    /// actor may read the organization's keys (then it could see its members anyway).
+    /// Has the creator of this organization key left the organization? NULL for a key that is
+    /// not an organization's or has no creator, and unless the current actor may read the
+    /// organization's keys. It takes the key, not a user: it answers about the creators of
+    /// keys the actor can already see, never "is this user a member".
     #[pg_extern(stable, parallel_unsafe)]
-    pub fn creator_left(organization_id: Option<&str>, created_by: Option<&str>) -> Option<bool> {
-        let (org, creator) = (organization_id?, created_by?);
-        if super::super::id_problem(org).is_some() || super::super::id_problem(creator).is_some() {
-            return None;
-        }
+    pub fn creator_left(key_id: Option<pgrx::Uuid>) -> Option<bool> {
+        let key_id = key_id?;
         let principal = Principal::for_policy()?;
+        let (org, creator) = as_extension_owner(|| key_creator(key_id)).ok().flatten()?;
         let reference = Reference {
             kind: "organization".into(),
-            id: org.to_string(),
+            id: org.clone(),
         };
         if !may_for(&principal, reference, Action::Read) {
             return None;
         }
-        as_extension_owner(|| Ok(membership::role_of(org, creator).ok().map(|r| r.is_none())))
-            .ok()
-            .flatten()
+        as_extension_owner(|| {
+            Ok(membership::role_of(&org, &creator)
+                .ok()
+                .map(|r| r.is_none()))
+        })
+        .ok()
+        .flatten()
     }
+}
+
+const KEY_CREATOR: &str = "
+    SELECT k.reference_id, k.created_by FROM api_key.keys AS k
+     WHERE k.id OPERATOR(pg_catalog.=) $1
+       AND k.reference_type OPERATOR(pg_catalog.=) 'organization' AND k.created_by IS NOT NULL";
+
+/// The organization and creator of an organization key, if it is one and has a creator.
+fn key_creator(key_id: pgrx::Uuid) -> Result<Option<(String, String)>, crate::error::Error> {
+    use crate::pg::spi;
+    Spi::connect(|client| {
+        let statement = spi::statement(client, KEY_CREATOR, &[pg_sys::UUIDOID], false)?;
+        let rows = client
+            .select(&*statement, Some(1), &[key_id.into()])
+            .map_err(spi::failed)?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let org = row.get::<String>(1).map_err(spi::failed)?;
+        let creator = row.get::<String>(2).map_err(spi::failed)?;
+        Ok(org.zip(creator))
+    })
 }

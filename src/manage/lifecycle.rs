@@ -5,7 +5,7 @@ use super::config;
 use super::create::created_key;
 use super::key_row::KeyRow;
 use super::secret;
-use crate::access::{Action, Principal};
+use crate::access::{self, Action, Principal};
 use crate::calendar;
 use crate::error::{Error, OrRaise};
 use crate::pg::clock::{self, interval_from, timestamptz_arg};
@@ -67,7 +67,8 @@ const NEW_START: &str = "
     UPDATE api_key.keys AS k SET start = $2, updated_at = $3 WHERE k.id OPERATOR(pg_catalog.=) $1";
 
 /// A new plaintext for the same key (owner, permissions, limits, credits); the old one keeps
-/// verifying until `grace` has passed (zero: at once). Needs api_key:update.
+/// verifying until `grace` has passed (zero: at once). Needs api_key:update and api_key:create
+/// (a rotation issues a credential), and for an actor a configuration it may create keys of.
 #[pg_extern(volatile, parallel_unsafe)]
 fn api_key_rotate(
     id: Option<Uuid>,
@@ -83,7 +84,12 @@ fn api_key_rotate(
             Error::invalid(p).hint("grace is how long the old key keeps working, e.g. '1 hour'.")
         })?;
         let key = KeyRow::for_action(&principal, Some(id), Action::Update)?;
+        // A rotation hands out a new working credential with the key's permissions and limits:
+        // issuing one is creating, so it needs what creating needs, not only the right to change
+        // the key (an actor that may update but not create must not mint keys this way).
+        access::authorize(&principal, &key.reference, Action::Create)?;
         let config = config::load(&key.config_id)?;
+        config.check_creator(&principal)?;
         let now = clock::now();
         // Bounded above, so this cannot overflow; saturate anyway rather than trust it.
         let old_until = calendar::add(now, grace).unwrap_or(calendar::INFINITY);

@@ -1,12 +1,16 @@
 //! `last_used_at` without a WAL write per verification. A use is recorded only when the stored
 //! `last_used_at` is older than `api_key.last_used_precision` (so a key is written at most
 //! once per precision period, however often it is used); each backend keeps recorded uses in
-//! memory and writes them, at most `BATCH` at a time, when one of its transactions commits
-//! and a write is due (half the precision period since the last one, or `BATCH` keys waiting),
-//! and when it exits normally.
+//! memory and writes them, at most `BATCH` at a time, when a write is due (half the
+//! precision period since the last one, or `BATCH` keys waiting) and one of its transactions
+//! commits that verified a key itself or already writes, and when it exits normally.
 //!
-//! This is bookkeeping added to transactions that did not ask for it (a later, unrelated
-//! COMMIT of the same backend), so it must never fail or block them:
+//! Only those transactions: one that neither verified nor wrote (a plain `SELECT`, another
+//! client's request on a pooled connection) stays without a transaction id, so its COMMIT
+//! writes no WAL and never waits for a synchronous standby on our account.
+//!
+//! Even so this is bookkeeping added to a COMMIT that did not ask for it, so it must never fail
+//! or block it:
 //!
 //! - it takes its table lock only if it is free at once (`ConditionalLockRelationOid`), and
 //!   skips rows locked by others (`FOR UPDATE SKIP LOCKED`): it never waits, so no
@@ -21,6 +25,7 @@
 //! `last_used_at` is precise to the precision period plus the flush delay, best effort.
 
 use crate::gucs::LAST_USED_PRECISION;
+use crate::pg::compat::local_xid;
 use crate::pg::privileged::{as_extension_owner, keys_relation};
 use crate::pg::spi;
 use crate::pg::subtransaction::{self, OnSuccess};
@@ -38,11 +43,13 @@ struct Pending {
     times: HashMap<[u8; 16], i64>,
     last_flush: i64,
     hooks: bool,
+    /// The local transaction id of the last transaction that verified a key.
+    verified_in: u32,
 }
 
 thread_local! {
     static PENDING: RefCell<Pending> =
-        RefCell::new(Pending { times: HashMap::new(), last_flush: 0, hooks: false });
+        RefCell::new(Pending { times: HashMap::new(), last_flush: 0, hooks: false, verified_in: 0 });
 }
 
 // Rows are found through the primary key (id = ANY), locked without waiting, and written only
@@ -59,6 +66,7 @@ const FLUSH: &str = "
 
 /// Note that `key_id`, whose stored `last_used_at` is `stored`, was used at `now`.
 pub fn record(key_id: Uuid, stored: Option<i64>, now: i64) {
+    PENDING.with(|p| p.borrow_mut().verified_in = local_xid());
     if stored.is_some_and(|at| now - at < precision()) {
         return;
     }
@@ -123,6 +131,13 @@ fn can_write() -> bool {
     unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() }
 }
 
+/// Did the committing transaction verify a key, or does it write anyway (has a transaction id)?
+fn asked_for_it() -> bool {
+    let verified = PENDING.with(|p| p.borrow().verified_in == local_xid());
+    // SAFETY: reads the current transaction's state.
+    verified || unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn flush_at_commit(
     event: pg_sys::XactEvent::Type,
@@ -133,7 +148,7 @@ unsafe extern "C-unwind" fn flush_at_commit(
     }
     // SAFETY: reads backend-global state.
     let snapshot_for_life = unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 };
-    if snapshot_for_life || !can_write() {
+    if snapshot_for_life || !can_write() || !asked_for_it() {
         return;
     }
     let Some(batch) = due_batch(crate::pg::clock::now()) else {
