@@ -28,11 +28,15 @@ start)
     if [ ! -f "$data/PG_VERSION" ]; then
         as_pg "$BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log"
     fi
-    if [ -f "$dir/port" ]; then port=$(cat "$dir/port"); else
+    running=false
+    as_pg "$BIN/pg_ctl" -D "$data" status >/dev/null 2>&1 && running=true
+    port=$(cat "$dir/port" 2>/dev/null || true)
+    # A remembered port that someone else took meanwhile (another checkout's cluster): move.
+    if [ -z "$port" ] || { ! $running && port_in_use "$port"; }; then
         port=28815; while port_in_use "$port"; do port=$((port + 1)); done
         echo "$port" > "$dir/port"
     fi
-    if ! as_pg "$BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    if ! $running; then
         as_pg "$BIN/pg_ctl" -D "$data" -l "$dir/server.log" -w -o "-p $port -k $dir -c listen_addresses=127.0.0.1 ${PG_EXTRA_OPTS:-}" start >/dev/null
     fi
     echo "$port"

@@ -21,9 +21,11 @@ COMMENT ON SCHEMA api_key IS 'API keys: tables, internal functions and policies 
 
 -- Roles are cluster-wide and outlive the extension: create them only when absent. An existing
 -- one (the extension installed in another database of the cluster) is adopted only if it is as
--- this script makes it: it cannot log in and has no attribute, is a member of no role, and no
--- one but superusers may hand it out. A role someone else created beforehand (a CREATEROLE
--- role holds ADMIN OPTION on what it creates) would otherwise let them make anyone the service.
+-- this script makes it: it cannot log in and has no attribute, owns nothing in any database,
+-- and no one but superusers may hand it out. A role someone else created beforehand (a
+-- CREATEROLE role holds ADMIN OPTION on what it creates, and could have made it own a SECURITY
+-- DEFINER function) would otherwise let them, or anyone, act as the service. Being a member of
+-- other roles only gives the role more and is left alone.
 DO $roles$
 DECLARE
     name pg_catalog.text;
@@ -41,9 +43,11 @@ BEGIN
          WHERE r.oid OPERATOR(pg_catalog.=) role
            AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls);
         IF problem IS NULL THEN
-            SELECT 'it is a member of ' OPERATOR(pg_catalog.||) pg_catalog.string_agg(g.rolname::pg_catalog.text, ', ')
-              INTO problem FROM pg_catalog.pg_auth_members AS a JOIN pg_catalog.pg_roles AS g ON g.oid OPERATOR(pg_catalog.=) a.roleid
-             WHERE a.member OPERATOR(pg_catalog.=) role HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0;
+            SELECT 'it owns objects (in some database of the cluster): code could run with its rights'
+              INTO problem FROM pg_catalog.pg_shdepend AS d
+             WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
+               AND d.refobjid OPERATOR(pg_catalog.=) role AND d.deptype OPERATOR(pg_catalog.=) 'o'
+             LIMIT 1;
         END IF;
         IF problem IS NULL THEN
             SELECT pg_catalog.string_agg(m.rolname::pg_catalog.text, ', ') OPERATOR(pg_catalog.||) ' may grant it (ADMIN OPTION)'

@@ -41,23 +41,22 @@ CREATE POLICY configs_visible ON api_key.configs FOR SELECT USING (true);
 CREATE POLICY organizations_visible ON api_key.organizations FOR SELECT
     USING (api_key.is_member(id));
 CREATE POLICY organizations_service ON api_key.organizations FOR ALL TO api_key_admin
-    USING (api_key.actor() IS NULL) WITH CHECK (api_key.actor() IS NULL);
+    USING (api_key.is_service()) WITH CHECK (api_key.is_service());
 CREATE POLICY members_visible ON api_key.members FOR SELECT
     USING (api_key.is_member(organization_id));
 CREATE POLICY members_service ON api_key.members FOR ALL TO api_key_admin
-    USING (api_key.actor() IS NULL) WITH CHECK (api_key.actor() IS NULL);
+    USING (api_key.is_service()) WITH CHECK (api_key.is_service());
 CREATE POLICY role_permissions_visible ON api_key.role_permissions FOR SELECT
     USING (organization_id IS NULL OR api_key.is_member(organization_id));
 CREATE POLICY role_permissions_service ON api_key.role_permissions FOR ALL TO api_key_admin
-    USING (api_key.actor() IS NULL) WITH CHECK (api_key.actor() IS NULL);
+    USING (api_key.is_service()) WITH CHECK (api_key.is_service());
 CREATE POLICY membership_source_service ON api_key.membership_source FOR SELECT TO api_key_admin USING (true);
 CREATE POLICY reference_types_visible ON api_key.reference_types FOR SELECT USING (true);
 
 -- Audit: the service reads all; an actor reads the entries of references whose keys it may
 -- update (a user's own; an organization's for its owners and admins by default).
 CREATE POLICY audit_visible ON api_key.audit_log FOR SELECT
-    USING (CASE WHEN api_key.actor() IS NULL THEN pg_catalog.pg_has_role('api_key_admin', 'USAGE')
-                ELSE api_key.may(reference_type, reference_id, 'update') END);
+    USING (api_key.is_service() OR api_key.may(reference_type, reference_id, 'update'));
 
 -- Audit view: organization keys whose creator is no longer a member. The keys keep working
 -- (ownership is the organization); this is for reviewing them.
@@ -80,7 +79,7 @@ GRANT SELECT ON api_key.membership_source TO api_key_admin;
 GRANT INSERT, UPDATE, DELETE ON api_key.organizations, api_key.members, api_key.role_permissions TO api_key_admin;
 
 -- What the policies call, as the querying role: each answers for the current actor only.
-GRANT EXECUTE ON FUNCTION api_key.actor(), api_key.may(text, text, text), api_key.is_member(text),
+GRANT EXECUTE ON FUNCTION api_key.actor(), api_key.is_service(), api_key.may(text, text, text), api_key.is_member(text),
                           api_key.creator_left(uuid)
     TO api_key_user, api_key_admin;
 
@@ -144,6 +143,7 @@ COMMENT ON FUNCTION @extschema@.api_key_current_reference_type() IS 'Owner type 
 COMMENT ON FUNCTION @extschema@.api_key_current_reference_id() IS 'Owner id of the key this transaction was authenticated with, or NULL';
 COMMENT ON FUNCTION @extschema@.api_key_has_permission(text, text) IS 'Whether the key this transaction was authenticated with grants action on resource';
 COMMENT ON FUNCTION api_key.actor() IS 'The actor of this transaction (api_key.actor), or NULL';
+COMMENT ON FUNCTION api_key.is_service() IS 'Policy test: does the caller act as the service (no actor set, and a superuser or a member of api_key_admin)? False for an invalid actor.';
 COMMENT ON FUNCTION api_key.may(text, text, text) IS 'Policy test: may the current actor (or the service) create/read/update/delete keys of this reference? Remembered per statement.';
 COMMENT ON FUNCTION api_key.is_member(text) IS 'Policy test: is the current actor a member of this organization?';
 COMMENT ON FUNCTION api_key.creator_left(uuid) IS 'For keys_without_creator: has this organization key''s creator left the organization? NULL unless the current actor may read the organization''s keys.';

@@ -22,7 +22,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"api_key.actor",
         c"The user that api_key management calls act for.",
-        c"Set it per transaction (SET LOCAL). Empty or unset: the caller acts as the service, which only roles granted api_key_admin (or superusers) may.",
+        c"Set it per transaction (SET LOCAL). Unset (never set, RESET, or set to NULL/DEFAULT): the caller acts as the service, which only roles granted api_key_admin (or superusers) may. Empty is refused.",
         &ACTOR,
         GucContext::Userset,
         GucFlags::default(),

@@ -229,7 +229,7 @@ GONE_INTERNALS = ["caller_token", "caller_role", "caller_is_service", "create_ke
                   "delete_expired", "register_reference_type", "use_membership_table", "audit", "new_secret",
                   "member_role", "actor_may", "may_read", "permissions_problem", "authorize", "role_grants",
                   "require_service", "check_config", "check_key_settings", "expiry"]
-POLICY_FUNCTIONS = {"api_key.actor()", "api_key.may(text,text,text)", "api_key.is_member(text)",
+POLICY_FUNCTIONS = {"api_key.actor()", "api_key.is_service()", "api_key.may(text,text,text)", "api_key.is_member(text)",
                     "api_key.creator_left(uuid)"}
 
 

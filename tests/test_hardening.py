@@ -333,7 +333,8 @@ def test_verification_and_bookkeeping_ignore_the_callers_shadows(attacker, servi
 # --- No oracle of other organizations' membership ---------------------------------------------
 
 EXPECTED_EXECUTABLE = {
-    "api_key.actor()", "api_key.may(text,text,text)", "api_key.is_member(text)", "api_key.creator_left(uuid)",
+    "api_key.actor()", "api_key.is_service()", "api_key.may(text,text,text)", "api_key.is_member(text)",
+    "api_key.creator_left(uuid)",
 }
 
 
@@ -587,8 +588,9 @@ def test_rolling_back_a_reauthentication_gives_the_earlier_key_back(app, service
     ("ALTER ROLE api_key_admin LOGIN", "ALTER ROLE api_key_admin NOLOGIN"),
     ("ALTER ROLE api_key_user BYPASSRLS", "ALTER ROLE api_key_user NOBYPASSRLS"),
     ("GRANT api_key_admin TO {squatter} WITH ADMIN OPTION", "REVOKE api_key_admin FROM {squatter}"),
-    ("GRANT pg_read_all_data TO api_key_user", "REVOKE pg_read_all_data FROM api_key_user"),
-], ids=["can log in", "has an attribute", "a non-superuser may grant it", "member of another role"])
+    ("CREATE FUNCTION public.{squatter}() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';"
+     "ALTER FUNCTION public.{squatter}() OWNER TO api_key_admin", "DROP FUNCTION public.{squatter}()"),
+], ids=["can log in", "has an attribute", "a non-superuser may grant it", "owns a function"])
 def test_installing_refuses_roles_it_would_not_have_made(prepare, undo):
     """The roles are cluster-wide, so a second database adopts them; but not a role prepared by
     someone else (PostgreSQL 16 gives a CREATEROLE role ADMIN OPTION on what it creates), who
@@ -598,7 +600,7 @@ def test_installing_refuses_roles_it_would_not_have_made(prepare, undo):
     with connect("postgres", "postgres") as admin:
         admin.execute(f'CREATE ROLE "{squatter}" LOGIN')
         admin.execute(f'CREATE DATABASE "{db}"')
-        admin.execute(prepare.format(squatter=f'"{squatter}"'))
+        admin.execute(prepare.format(squatter=squatter))
         try:
             with connect("postgres", db) as fresh:
                 err = expect_error("55000", fresh.execute, "CREATE EXTENSION api_key")
@@ -606,7 +608,7 @@ def test_installing_refuses_roles_it_would_not_have_made(prepare, undo):
                 assert fresh.execute("SELECT count(*) AS n FROM pg_extension WHERE extname = 'api_key'"
                                      ).fetchone()["n"] == 0
         finally:
-            admin.execute(undo.format(squatter=f'"{squatter}"'))
+            admin.execute(undo.format(squatter=squatter))
         # As the extension makes them, they are adopted.
         with connect("postgres", db) as fresh:
             fresh.execute("CREATE EXTENSION api_key")
@@ -643,3 +645,92 @@ def test_a_committed_removal_is_seen_by_the_next_statement(su, service, new_clie
         for c in (alice, old, removal, later):
             c.rollback()
             c.close()
+
+
+def test_roles_that_only_gained_memberships_are_adopted():
+    """Being a member of another role only gives the extension's role more: installing elsewhere
+    must not be refused for it (a CREATEROLE role can do that to any role)."""
+    other = uid("other")
+    db = uid("install")
+    with connect("postgres", "postgres") as admin:
+        admin.execute(f'CREATE ROLE "{other}" ROLE api_key_admin')
+        admin.execute(f'CREATE DATABASE "{db}"')
+        try:
+            with connect("postgres", db) as fresh:
+                fresh.execute("CREATE EXTENSION api_key")
+        finally:
+            admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE "{other}"')
+
+
+# --- Invalid actors are nobody, also to the policies --------------------------------------------
+
+@pytest.mark.parametrize("actor", ["", "x" * 300, "bad\x01"], ids=["empty", "too long", "control character"])
+def test_an_invalid_actor_is_not_the_service_to_the_policies(service, su, actor):
+    """A service role whose actor came out invalid writes no membership and reads no audit log."""
+    org = uid("org")
+    su.rows("INSERT INTO api_key.organizations (id) VALUES (%s)", [org])
+    expect_error("42501", service.rows, "INSERT INTO api_key.members VALUES (%s, 'mallory', 'owner')", [org],
+                 actor=actor)
+    expect_error("42501", service.rows, "INSERT INTO api_key.role_permissions VALUES (%s, 'member', 'create')",
+                 [org], actor=actor)
+    assert service.rows("DELETE FROM api_key.organizations WHERE id = %s RETURNING id", [org], actor=actor) == []
+    assert service.rows("SELECT 1 FROM api_key.audit_log LIMIT 1", actor=actor) == []
+    assert service.val("SELECT api_key.is_service()", actor=actor) is False
+    assert service.val("SELECT api_key.is_service()") is True
+    service.rows("INSERT INTO api_key.members VALUES (%s, 'mallory', 'owner')", [org])  # the service may
+
+
+# --- Bookkeeping never waits for a standby ------------------------------------------------------
+
+def test_bookkeeping_never_waits_for_a_synchronous_standby(su, service, new_client):
+    """With a synchronous standby that is down, a commit whose only write is the last_used_at
+    flush, and a backend's exit with uses pending, must not wait for it."""
+    user = uid("u")
+    keys = [service.one("SELECT key FROM api_key_create(reference_id => %s)", [user])["key"] for _ in range(3)]
+    client = new_client("postgres")
+    client.rows("SET api_key.last_used_precision = 2")
+    client.rows("SET statement_timeout = '5s'")
+    pid = client.val("SELECT pg_backend_pid()")
+    assert client.val("SELECT code FROM api_key_verify(%s)", [keys[0]]) == "VALID"
+    su.conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'api_key_standby_that_is_down'")
+    su.conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(1.2)  # a flush is due
+        started = time.monotonic()
+        assert client.val("SELECT code FROM api_key_verify(%s)", [keys[1]]) == "VALID"  # commits the flush
+        assert time.monotonic() - started < 2, "the flush's commit waited for the standby"
+        assert su.val("SELECT count(last_used_at) FROM api_key.keys WHERE reference_id = %s", [user]) == 2
+        with client.tx() as conn:
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute("SELECT code FROM api_key_verify(%s)", [keys[2]])  # pending until exit
+        client.close()
+        deadline = time.monotonic() + 3
+        while su.val("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]):
+            assert time.monotonic() < deadline, "the backend's exit waits for the standby"
+            time.sleep(0.1)
+        assert su.val("SELECT count(last_used_at) FROM api_key.keys WHERE reference_id = %s", [user]) == 3
+    finally:
+        su.conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        su.conn.execute("SELECT pg_reload_conf()")
+
+
+# --- An authorizer may read a setting: answers last one statement -------------------------------
+
+def test_an_authorizers_answer_lasts_one_statement(su, service, app):
+    fn = uid("by_setting")
+    service.rows(f"CREATE FUNCTION svc.{fn}(actor text, reference_id text, action text) RETURNS boolean "
+                 "LANGUAGE sql STABLE AS $$ SELECT current_setting('app.project_access', true) = 'on' $$")
+    service.rows(f"GRANT EXECUTE ON FUNCTION svc.{fn}(text, text, text) TO PUBLIC")
+    kind = uid("t").replace("-", "_")
+    service.rows("SELECT api_key_register_reference_type(%s, %s::regprocedure)", [kind, f"svc.{fn}(text,text,text)"])
+    made = create(service, reference_type=kind, reference_id="p1")
+    seen = "SELECT count(*) AS n FROM api_key.keys WHERE id = %s"
+    with app.tx(actor="bob") as conn:
+        conn.execute("SET LOCAL app.project_access = 'on'")
+        assert conn.execute(seen, [made["id"]]).fetchone()["n"] == 1
+        conn.execute("SET LOCAL app.project_access = 'off'")
+        assert conn.execute(seen, [made["id"]]).fetchone()["n"] == 0
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT * FROM api_key_get(%s)", [made["id"]])
+        assert info.value.sqlstate == "P0002"

@@ -2,10 +2,10 @@
 //! the current actor: nothing here reveals more than the policies themselves show (no
 //! "is user X a member of organization Y" for an arbitrary X).
 //!
-//! A policy asks once per row, so answers are remembered while the snapshot stays the same:
+//! A policy asks once per row, so answers are remembered for one statement and one snapshot:
 //! reading 100,000 keys of one organization asks the membership source once, and the next
-//! statement (a new snapshot under READ COMMITTED, or a new command id after a change of our
-//! own) asks again.
+//! statement asks again (an authorizer may depend on a setting or the clock, not only on the
+//! data the snapshot shows), as does a later part of the same statement that sees other data.
 //!
 //! They may call application code, which runs in a subtransaction: hence PARALLEL UNSAFE
 //! (a parallel query cannot start subtransactions). An application failure reads as "no".
@@ -17,10 +17,11 @@ use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// What identifies the data a statement sees: transaction, snapshot bounds, command id, and
-/// the transactions the snapshot sees as running (two snapshots with the same bounds differ
-/// when one of those committed in between).
-type SnapshotTag = (u32, u32, u32, u32, u64);
+/// What an answer is remembered for: one statement (its start time: an authorizer may read a
+/// setting or the clock, which the snapshot does not cover) and the data it sees (transaction,
+/// snapshot bounds, command id, and the transactions the snapshot sees as running: two
+/// snapshots with the same bounds differ when one of those committed in between).
+type SnapshotTag = (i64, u32, u32, u32, u32, u64);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Question {
@@ -63,6 +64,7 @@ fn snapshot_tag() -> Option<SnapshotTag> {
         }
         std::hash::Hash::hash(&(*s).suboverflowed, &mut hasher);
         Some((
+            pg_sys::GetCurrentStatementStartTimestamp(),
             local_xid(),
             (*s).xmin.into_inner(),
             (*s).xmax.into_inner(),
@@ -135,6 +137,14 @@ mod api_key {
     #[pg_extern(stable, parallel_safe)]
     pub fn actor() -> Option<String> {
         super::super::current_actor().filter(|actor| super::super::id_problem(actor).is_none())
+    }
+
+    /// Does the caller act as the service: no actor set, and a superuser or a member of
+    /// api_key_admin? False for an invalid actor (empty, too long, control characters), which
+    /// management refuses: for the policies that let only the service write.
+    #[pg_extern(stable, parallel_safe)]
+    pub fn is_service() -> bool {
+        Principal::for_policy().is_some_and(|p| p.is_service())
     }
 
     /// May the current actor (or the service) `action` the keys of this reference? For

@@ -69,6 +69,9 @@ const NEW_START: &str = "
 /// A new plaintext for the same key (owner, permissions, limits, credits); the old one keeps
 /// verifying until `grace` has passed (zero: at once). Needs api_key:update and api_key:create
 /// (a rotation issues a credential), and for an actor a configuration it may create keys of.
+/// The new plaintext carries the key's own permissions and limits, whatever the configuration's
+/// defaults: keys only the service may re-issue belong in a configuration actors may not
+/// create keys of (docs/decisions.md).
 #[pg_extern(volatile, parallel_unsafe)]
 fn api_key_rotate(
     id: Option<Uuid>,

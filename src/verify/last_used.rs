@@ -7,7 +7,8 @@
 //!
 //! Only those transactions: one that neither verified nor wrote (a plain `SELECT`, another
 //! client's request on a pooled connection) stays without a transaction id, so its COMMIT
-//! writes no WAL and never waits for a synchronous standby on our account.
+//! writes no WAL. Where the flush is the only write (at commit, or the transaction of its own
+//! at exit), it commits with `synchronous_commit = local`: never waiting for a standby.
 //!
 //! Even so this is bookkeeping added to a COMMIT that did not ask for it, so it must never fail
 //! or block it:
@@ -154,7 +155,33 @@ unsafe extern "C-unwind" fn flush_at_commit(
     let Some(batch) = due_batch(crate::pg::clock::now()) else {
         return;
     };
+    // SAFETY: reads the current transaction's state.
+    if unsafe { pg_sys::GetTopTransactionIdIfAny() } == pg_sys::InvalidTransactionId {
+        // Only our write makes this commit a write: it must not wait for a standby either.
+        commit_locally();
+    }
     write(batch);
+}
+
+/// `SET LOCAL synchronous_commit = local` for the current transaction: bookkeeping is flushed
+/// to the local WAL but never waits for a synchronous standby (one that is down or slow would
+/// otherwise hang a commit, or a backend's exit, on our account). Losing such a write in a
+/// failover costs a `last_used_at` that is a little older.
+fn commit_locally() {
+    // SAFETY: sets a user-settable parameter for the current transaction only; with elevel 0
+    // a failure is reported by the return value, never raised.
+    unsafe {
+        pg_sys::set_config_option(
+            c"synchronous_commit".as_ptr(),
+            c"local".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// Writes `batch` in the current transaction, never raising and never waiting; what is not
@@ -227,6 +254,7 @@ unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sy
     unsafe {
         let ok = PgTryBuilder::new(|| {
             pg_sys::StartTransactionCommand();
+            commit_locally();
             if can_write() {
                 for chunk in batch.chunks(BATCH) {
                     write(chunk.to_vec());
