@@ -24,7 +24,6 @@ use crate::pg::subtransaction::Failure;
 use membership::Unreadable;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::prelude::*;
-use std::ffi::CStr;
 
 /// Longest actor, reference id and reference type, in characters.
 pub const MAX_ID_CHARS: usize = 256;
@@ -61,19 +60,16 @@ pub enum Principal {
     Actor { role: Oid, actor: String },
 }
 
-/// `api_key.actor`, or None when unset (never set, or RESET). An empty value is returned as
-/// it is, and refused by `Principal::of_caller`: an empty user id from a request must not turn
-/// a service-capable role into the service.
+/// `api_key.actor`, or None when unset (never set, RESET, or set to DEFAULT/NULL). An empty
+/// value is returned as it is, and refused by `Principal::of_caller`: an empty user id from a
+/// request must not turn a service-capable role into the service.
+///
+/// Read from the variable itself, not with `GetConfigOption`: from PostgreSQL 17 on that
+/// answers "" for an unset string setting, which would make unset and empty the same.
 pub fn current_actor() -> Option<String> {
-    // SAFETY: GetConfigOption with missing_ok returns NULL or a string owned by the GUC system,
-    // copied at once.
-    unsafe {
-        let value = pg_sys::GetConfigOption(c"api_key.actor".as_ptr(), true, false);
-        if value.is_null() {
-            return None;
-        }
-        Some(CStr::from_ptr(value).to_string_lossy().into_owned())
-    }
+    crate::gucs::ACTOR
+        .get()
+        .map(|value| value.to_string_lossy().into_owned())
 }
 
 /// Why an identifier (actor, reference id) is not acceptable, if it is not.
