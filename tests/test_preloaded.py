@@ -172,3 +172,33 @@ def test_without_a_slot_a_read_only_verification_is_refused_not_an_error(full):
         c.execute("SET TRANSACTION READ ONLY")
         row = code(c, victim)
     assert row["code"] == "RATE_LIMITED" and row["retry_after_ms"] > 0
+
+
+def test_while_slots_free_up_no_window_is_counted_twice(port, full):
+    """Keys counted in the table for want of a slot, verified in parallel while the fillers'
+    windows end and slots free up: each window still admits exactly max, never once in the
+    table and once more in shared memory."""
+    c = full["conn"]
+    victims = [r["key"] for r in c.execute(
+        "SELECT (api_key_create(reference_id => 'victim', rate_limit_max => 5, rate_limit_window => '1 hour')).key"
+        " FROM generate_series(1, 12)").fetchall()]
+    admitted = {key: 0 for key in victims}
+    lock = threading.Lock()
+
+    def worker(seed: int):
+        import random
+        rng = random.Random(seed)
+        with connect(port, "preload_full") as w:
+            deadline = time.monotonic() + 4.5  # past the fillers' 3-second windows
+            while time.monotonic() < deadline:
+                key = rng.choice(victims)
+                if code(w, key)["code"] == "VALID":
+                    with lock:
+                        admitted[key] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(admitted.values()) == {5}

@@ -416,3 +416,33 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
         })
     }
 }
+
+/// The end of `key_id`'s window in the table `api_key.rate_limit_windows`, if it has a row
+/// there, read under the newest snapshot rather than the statement's: a repeatable-read
+/// transaction must still see a window that another transaction committed after it began
+/// (`usage.rs` waited for that transaction to end before asking).
+pub fn window_end_in_table(key_id: pgrx::Uuid) -> Option<i64> {
+    // SAFETY: catalog lookups and a probe of the extension's own table by its primary key with
+    // a uuid datum built here; the pushed snapshot is popped before returning (an error in
+    // between aborts the transaction, which resets the snapshot stack).
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"api_key".as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
+            return None;
+        }
+        let heap = relation(namespace, c"rate_limit_windows");
+        let index = relation(namespace, c"rate_limit_windows_pkey");
+        let window_end = attnum(heap, c"window_end");
+        let id = pgrx::IntoDatum::into_datum(key_id).expect("uuid datum");
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        let probe = UniqueProbe::run(heap, index, pg_sys::F_UUID_EQ, id);
+        let end = if probe.found {
+            probe.int8(window_end)
+        } else {
+            None
+        };
+        drop(probe);
+        pg_sys::PopActiveSnapshot();
+        end
+    }
+}

@@ -7,9 +7,10 @@
 //!
 //! Cost: the key is read by two primary-key index probes without SQL (`lookup.rs`). A key
 //! with a rate limit adds a few hundred nanoseconds in shared memory when the library is
-//! preloaded, else one upsert of an UNLOGGED row; a key with credits adds one guarded UPDATE,
+//! preloaded, else a locked read and a write of an UNLOGGED row; a key with credits adds one guarded UPDATE,
 //! durable because credits must survive a crash.
 
+pub mod admissions;
 pub mod binding;
 pub mod last_used;
 pub mod lookup;
@@ -201,7 +202,7 @@ pub fn verify(
             Ok(left) => out.remaining = left,
             Err(left) => {
                 if let Some(counter) = counted {
-                    usage::undo_admission(key_id, counter, now);
+                    usage::undo_admission(key_id, counter);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
                 out.remaining = left;

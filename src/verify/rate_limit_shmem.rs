@@ -1,9 +1,10 @@
 //! Rate-limit windows in shared memory, used when the library is preloaded
 //! (`shared_preload_libraries = 'api_key'`). Counting then costs no transaction id, no heap
 //! write and no WAL at all: a few hundred nanoseconds under a partition LWLock. Without
-//! preloading, `verify.rs` counts in the UNLOGGED table `api_key.rate_limit_windows` instead;
-//! the semantics are the same (fixed window opened by the first admitted call, see
-//! `rate_limit.rs`). Both forget the current windows when the server restarts.
+//! preloading, `usage.rs` counts in the UNLOGGED table `api_key.rate_limit_windows` instead.
+//! Both storages apply the same arithmetic (`rate_limit.rs`) and give admissions back the same
+//! way (a later refusal, or a rollback: `admissions.rs`). Both forget the current windows when
+//! the server restarts.
 //!
 //! Windows belong to a key *in a database*: a slot is identified by the key id and the
 //! database's oid, so a restored copy of a database in the same cluster (same key ids) counts
@@ -12,10 +13,12 @@
 //! Layout: `PARTITIONS` partitions, each an open-addressing table of `Slot`s guarded by its own
 //! LWLock. A slot whose window has closed is free for reuse; slots never return to empty, so a
 //! key, when present, always sits before the first empty slot of its probe sequence. A key that
-//! finds no slot within `MAX_PROBE` falls back to the table, so a full table is slower, never
-//! wrong.
+//! finds no slot within `MAX_PROBE` is counted in the table; from then on that partition is
+//! *overflowed*: a window opens in it only through `usage.rs`, which first makes sure that the
+//! key has no window open in the table, so a window is never counted in both places.
 
 use crate::gucs::RATE_LIMIT_SLOTS;
+use crate::rate_limit::{self, Window};
 use pgrx::pg_sys;
 use pgrx::pg_sys::Oid;
 use std::ffi::CStr;
@@ -40,13 +43,14 @@ struct Shared {
     slots: *mut Slot,
     per_partition: usize,
     locks: *mut pg_sys::LWLockPadded,
-    /// Set once a key found no slot and was counted in the table: from then on a window that
-    /// opens in shared memory first checks the table (see `verify/usage.rs`).
+    /// Per partition, set (under the partition's lock) once a key found no slot there: from
+    /// then on a window opens in that partition only through `usage.rs`'s slow path.
     overflowed: *const AtomicU32,
 }
 
-/// Room before the slots: the overflow flag, on its own cache line.
+/// Room before the slots: the partitions' overflow flags, on their own cache line.
 const HEADER: usize = 64;
+const _: () = assert!(PARTITIONS * std::mem::size_of::<AtomicU32>() <= HEADER);
 
 static mut SHARED: Option<Shared> = None;
 static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
@@ -134,18 +138,6 @@ fn shared() -> &'static Shared {
     }
 }
 
-/// Has any key ever been counted in the table for want of a slot (since the server started)?
-pub fn overflowed() -> bool {
-    // SAFETY: the flag lives in shared memory for the life of the server.
-    unsafe { (*shared().overflowed).load(Ordering::Relaxed) != 0 }
-}
-
-/// Notes that a key is counted in the table for want of a slot.
-pub fn mark_overflowed() {
-    // SAFETY: as above.
-    unsafe { (*shared().overflowed).store(1, Ordering::Relaxed) };
-}
-
 /// What the shared-memory counter decided.
 pub enum Decision {
     Admitted {
@@ -156,8 +148,21 @@ pub enum Decision {
     Refused {
         window_end: i64,
     },
-    /// No slot free within the probe distance: count in the table instead.
+    /// The key has no open window here and the partition has overflowed: decide where its
+    /// window opens in `usage.rs`'s slow path.
+    Closed,
+    /// No slot free within the probe distance (the partition is now overflowed): count in the
+    /// table instead.
     NoRoom,
+}
+
+/// Whether `admit` may open a window for a key that has none open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Only while the partition has never overflowed (the fast path).
+    UnlessOverflowed,
+    /// Always: the caller holds the key's window lock and found no window open in the table.
+    Checked,
 }
 
 fn database() -> Oid {
@@ -166,8 +171,13 @@ fn database() -> Oid {
 }
 
 /// Runs `f` on the partition of `key` (in this database) under its exclusive lock, with the
-/// slot of the key (or a reusable slot) found by probing.
-fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool) -> R) -> R {
+/// slot of the key (or a reusable slot) found by probing, whether that slot is the key's, and
+/// the partition's overflow flag.
+fn with_slot<R>(
+    key: &[u8; 16],
+    now: i64,
+    f: impl FnOnce(Option<&mut Slot>, bool, &AtomicU32) -> R,
+) -> R {
     let database = database();
     // SAFETY: `available()` was checked by the caller; the slots of a partition are only
     // touched under that partition's LWLock; nothing inside can raise an ERROR (pure Rust
@@ -198,60 +208,73 @@ fn with_slot<R>(key: &[u8; 16], now: i64, f: impl FnOnce(Option<&mut Slot>, bool
                 break;
             }
         }
+        let overflowed = &*shared.overflowed.add(partition);
         let result = match (hit, reusable) {
-            (Some(i), _) => f(Some(&mut *base.add(i)), true),
-            (None, Some(i)) => f(Some(&mut *base.add(i)), false),
-            (None, None) => f(None, false),
+            (Some(i), _) => f(Some(&mut *base.add(i)), true, overflowed),
+            (None, Some(i)) => f(Some(&mut *base.add(i)), false, overflowed),
+            (None, None) => f(None, false, overflowed),
         };
         pg_sys::LWLockRelease(lock);
         result
     }
 }
 
-/// Admit one verification of `key` if its window allows it; a window opened now ends at
-/// `window_end`. Times in microseconds.
-pub fn admit(key: &[u8; 16], max: i32, window_end: i64, now: i64) -> Decision {
-    with_slot(key, now, |slot, is_key| match slot {
-        None => Decision::NoRoom,
-        Some(slot) => {
-            if is_key && slot.window_end > now {
-                if slot.admitted >= max {
-                    return Decision::Refused {
-                        window_end: slot.window_end,
-                    };
-                }
-                slot.admitted += 1;
-            } else {
+impl Slot {
+    /// The key's window, when this slot holds `key` (of this database).
+    fn window_of(&self, is_key: bool) -> Option<Window> {
+        is_key.then_some(Window {
+            end: self.window_end,
+            admitted: self.admitted,
+        })
+    }
+}
+
+/// Admit one verification of `key` if its window allows it (`rate_limit::admit`); a window
+/// opened now ends at `opens_until`. Times in microseconds.
+pub fn admit(key: &[u8; 16], max: i32, opens_until: i64, now: i64, opening: Opening) -> Decision {
+    with_slot(key, now, |slot, is_key, overflowed| {
+        let stored = slot.as_ref().and_then(|s| s.window_of(is_key));
+        let opens = !rate_limit::is_open(stored, now);
+        if opens && opening == Opening::UnlessOverflowed && overflowed.load(Ordering::Relaxed) != 0
+        {
+            return Decision::Closed;
+        }
+        let Some(slot) = slot else {
+            // Set under the partition lock: whoever probes this key next sees it.
+            overflowed.store(1, Ordering::Relaxed);
+            return Decision::NoRoom;
+        };
+        match rate_limit::admit(stored, max, opens_until, now) {
+            rate_limit::Decision::Admitted(w) => {
                 *slot = Slot {
                     key: *key,
-                    window_end,
-                    admitted: 1,
+                    window_end: w.end,
+                    admitted: w.admitted,
                     database: database(),
                 };
+                Decision::Admitted {
+                    admitted: w.admitted,
+                    window_end: w.end,
+                }
             }
-            Decision::Admitted {
-                admitted: slot.admitted,
-                window_end: slot.window_end,
-            }
+            rate_limit::Decision::Refused { window_end } => Decision::Refused { window_end },
         }
     })
 }
 
-/// Does `key` have a window open in shared memory?
-pub fn has_open_window(key: &[u8; 16], now: i64) -> bool {
-    with_slot(key, now, |slot, is_key| {
-        is_key && slot.is_some_and(|s| s.window_end > now)
-    })
-}
-
-/// Give back one admission (the verification was refused later, for credits), in the window
-/// it was counted in: not in a window that opened since.
-pub fn undo(key: &[u8; 16], window_end: i64, now: i64) {
-    with_slot(key, now, |slot, is_key| {
-        if let (Some(slot), true) = (slot, is_key) {
-            if slot.window_end == window_end {
-                slot.admitted = (slot.admitted - 1).max(0);
-            }
+/// Give back one admission (the verification was refused later, or its transaction rolled
+/// back) in the window it was counted in (`rate_limit::give_back`).
+pub fn give_back(key: &[u8; 16], taken_in: i64, now: i64) {
+    with_slot(key, now, |slot, is_key, _| {
+        if let Some(slot) = slot.filter(|_| is_key) {
+            let w = rate_limit::give_back(
+                Window {
+                    end: slot.window_end,
+                    admitted: slot.admitted,
+                },
+                taken_in,
+            );
+            slot.admitted = w.admitted;
         }
     })
 }

@@ -7,35 +7,34 @@
 //! resolves through a schema the caller controls. Times are computed here, in Rust, with
 //! calendar arithmetic (`calendar.rs`), and reach SQL as values.
 
-use super::rate_limit_shmem::{self, Decision};
+use super::admissions;
+use super::lookup;
+use super::rate_limit_shmem::{self, Decision, Opening};
 use crate::calendar::{self, Interval};
 use crate::error::{Error, OrRaise};
 use crate::pg::clock::timestamptz_arg;
 use crate::pg::spi;
-use crate::rate_limit;
+use crate::rate_limit::{self, Window};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
-// Opens a window, or counts one more in the open window, only if that admits the call: the
-// row lock taken by ON CONFLICT makes concurrent callers queue, so exactly `max` get in.
-// $1 key, $2 max, $3 end of a window opened now, $4 now.
-const RATE_ADMIT: &str = "
-    INSERT INTO api_key.rate_limit_windows AS w (key_id, window_end, admitted)
-    VALUES ($1, $3, 1)
-    ON CONFLICT (key_id) DO UPDATE
-       SET window_end = CASE WHEN w.window_end OPERATOR(pg_catalog.<=) $4 THEN $3 ELSE w.window_end END,
-           admitted   = CASE WHEN w.window_end OPERATOR(pg_catalog.<=) $4 THEN 1
-                             ELSE w.admitted OPERATOR(pg_catalog.+) 1 END
-     WHERE w.window_end OPERATOR(pg_catalog.<=) $4 OR w.admitted OPERATOR(pg_catalog.<) $2
-    RETURNING w.admitted";
+// The table storage of rate-limit windows, used without preloading (and, with it, for keys
+// that found no slot in shared memory). The row is locked, the window computed in Rust by
+// `rate_limit.rs` (the arithmetic shared memory uses too), and written back: concurrent
+// callers queue on the row lock, so exactly `max` get in. A key's first window inserts a
+// closed placeholder row first, so that there is always a row to lock.
+const WINDOW_ROW: &str = "
+    SELECT w.window_end, w.admitted FROM api_key.rate_limit_windows AS w
+     WHERE w.key_id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE";
 
-const RATE_PEEK: &str = "
-    SELECT w.window_end FROM api_key.rate_limit_windows AS w WHERE w.key_id OPERATOR(pg_catalog.=) $1";
+const WINDOW_PLACEHOLDER: &str = "
+    INSERT INTO api_key.rate_limit_windows (key_id, window_end, admitted)
+    VALUES ($1, '-infinity'::pg_catalog.timestamptz, 0) ON CONFLICT (key_id) DO NOTHING";
 
-const RATE_UNDO: &str = "
-    UPDATE api_key.rate_limit_windows AS w SET admitted = w.admitted OPERATOR(pg_catalog.-) 1
-     WHERE w.key_id OPERATOR(pg_catalog.=) $1 AND w.admitted OPERATOR(pg_catalog.>) 0";
+const WINDOW_STORE: &str = "
+    UPDATE api_key.rate_limit_windows AS w SET window_end = $2, admitted = $3
+     WHERE w.key_id OPERATOR(pg_catalog.=) $1";
 
 // Credits: refill (top up to refill_amount) when `verify` found a refill due ($3), then spend.
 // A refill happens only if the key still has the refill time `verify` read ($4): of two
@@ -121,8 +120,13 @@ pub fn spend(
 /// Where an admitted verification was counted, so that it can be given back there.
 #[derive(Clone, Copy)]
 pub enum Counter {
-    SharedMemory { window_end: i64 },
-    Table,
+    SharedMemory {
+        window_end: i64,
+    },
+    /// The window as this transaction stored it (it holds the row's lock).
+    Table {
+        stored: Window,
+    },
 }
 
 pub enum Admission {
@@ -130,9 +134,26 @@ pub enum Admission {
     Refused { retry_after_ms: i64 },
 }
 
-const RATE_OPEN_IN_TABLE: &str = "
-    SELECT true FROM api_key.rate_limit_windows AS w
-     WHERE w.key_id OPERATOR(pg_catalog.=) $1 AND w.window_end OPERATOR(pg_catalog.>) $2";
+impl Admission {
+    fn of_shared_memory(decision: Decision, key: &[u8; 16], now: i64) -> Option<Admission> {
+        match decision {
+            Decision::Admitted {
+                admitted,
+                window_end,
+            } => {
+                admissions::taken(key, window_end);
+                Some(Admission::Admitted {
+                    admitted,
+                    counter: Counter::SharedMemory { window_end },
+                })
+            }
+            Decision::Refused { window_end } => Some(Admission::Refused {
+                retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+            }),
+            Decision::Closed | Decision::NoRoom => None,
+        }
+    }
+}
 
 /// Retry after this long when a window could not be counted at all.
 const UNCOUNTABLE_RETRY_MS: i64 = 1000;
@@ -155,104 +176,163 @@ fn uncountable() -> Admission {
     }
 }
 
+/// A lock per key (in this database) that serialises deciding where a window opens once its
+/// shared-memory partition has overflowed. An advisory lock with a field PostgreSQL's SQL
+/// functions never use (`objsubid` 0x6b65 in `pg_locks`), so it cannot meet an application's.
+struct WindowLock(pg_sys::LOCKTAG);
+
+impl WindowLock {
+    /// Waits for the transactions that decided this key's window before: a transaction that
+    /// counted it in the table keeps the lock until it ends.
+    fn acquire(key_id: Uuid) -> WindowLock {
+        let id = key_id.as_bytes();
+        let tag = pg_sys::LOCKTAG {
+            // SAFETY: reads a backend-global set at connection.
+            locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+            locktag_field2: u32::from_le_bytes([id[0], id[1], id[2], id[3]]),
+            locktag_field3: u32::from_le_bytes([id[4], id[5], id[6], id[7]])
+                ^ u32::from_le_bytes([id[8], id[9], id[10], id[11]])
+                ^ u32::from_le_bytes([id[12], id[13], id[14], id[15]]),
+            locktag_field4: 0x6b65,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        // SAFETY: a transaction-level lock of the user lock method, released at transaction
+        // end (or by `release`); waiting is interruptible and deadlock-checked.
+        unsafe {
+            pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as i32, false, false);
+        }
+        WindowLock(tag)
+    }
+
+    /// Released early when the window was counted in shared memory: nobody need wait for the
+    /// rest of this transaction.
+    fn release(self) {
+        // SAFETY: releases the transaction-level lock `acquire` took.
+        unsafe {
+            pg_sys::LockRelease(&self.0, pg_sys::ExclusiveLock as i32, false);
+        }
+    }
+}
+
 /// Count one verification against the key's window: in shared memory when the library was
 /// preloaded (no WAL, no xid), else in the UNLOGGED table (no WAL for the row; the
 /// transaction's commit record remains). A window opened now ends `window` later, as the
 /// calendar counts (`calendar::add_period`); one that would end beyond PostgreSQL's range never
 /// ends.
 ///
-/// A key that found no free slot is counted in the table, and keeps being counted there until
-/// its window ends: once that has happened in this server's life, a window that would open in
-/// shared memory first checks the table, so that no window is counted in both places.
+/// With preloading, a key whose partition has overflowed (some key found no slot there) opens
+/// its next window under `WindowLock`: it looks for a window open in the table first (and is
+/// counted there if there is one), else opens one in shared memory, else (no slot) counts in
+/// the table and keeps the lock until the transaction ends. So a window is never open in both
+/// places, and a full partition is slower, never wrong.
 pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
-    use crate::pg::oids::*;
-    let window_end = calendar::add_period(now, window).unwrap_or(calendar::INFINITY);
-    let writable = can_write();
+    let opens_until = calendar::add_period(now, window).unwrap_or(calendar::INFINITY);
     if rate_limit_shmem::available() {
         let key = key_id.as_bytes();
-        let in_table = rate_limit_shmem::overflowed()
-            && !rate_limit_shmem::has_open_window(key, now)
-            && Spi::connect(|client| {
-                let statement = spi::statement(
-                    client,
-                    RATE_OPEN_IN_TABLE,
-                    &[UUIDOID, TIMESTAMPTZOID],
-                    false,
-                )
-                .or_raise();
-                client
-                    .select(
-                        &*statement,
-                        Some(1),
-                        &[key_id.into(), timestamptz_arg(Some(now))],
-                    )
-                    .map(|rows| !rows.is_empty())
-                    .unwrap_or_else(|e| spi::failed(e).raise())
-            });
-        if !in_table {
-            match rate_limit_shmem::admit(key, max, window_end, now) {
-                Decision::Admitted {
-                    admitted,
-                    window_end,
-                } => {
-                    return Admission::Admitted {
-                        admitted,
-                        counter: Counter::SharedMemory { window_end },
-                    }
-                }
-                Decision::Refused { window_end } => {
-                    return Admission::Refused {
-                        retry_after_ms: rate_limit::retry_after_ms(window_end, now),
-                    }
-                }
-                Decision::NoRoom => rate_limit_shmem::mark_overflowed(),
+        let fast = rate_limit_shmem::admit(key, max, opens_until, now, Opening::UnlessOverflowed);
+        if let Some(admission) = Admission::of_shared_memory(fast, key, now) {
+            return admission;
+        }
+        let lock = WindowLock::acquire(key_id);
+        if !lookup::window_end_in_table(key_id).is_some_and(|end| end > now) {
+            let checked = rate_limit_shmem::admit(key, max, opens_until, now, Opening::Checked);
+            if let Some(admission) = Admission::of_shared_memory(checked, key, now) {
+                lock.release();
+                return admission;
             }
         }
-        if !writable {
+        if !can_write() {
+            lock.release();
             return uncountable();
         }
     }
     require_read_write();
-    Spi::connect_mut(|client| {
-        let args = [
-            key_id.into(),
-            max.into(),
-            timestamptz_arg(Some(window_end)),
-            timestamptz_arg(Some(now)),
-        ];
-        let types = [UUIDOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID];
-        if let Some(admitted) = first::<i32>(client, RATE_ADMIT, &types, &args) {
-            let admitted = admitted.unwrap_or(max);
-            return Admission::Admitted {
-                admitted,
-                counter: Counter::Table,
-            };
+    admit_in_table(key_id, max, opens_until, now)
+}
+
+/// The window stored in the table for `key_id`, its row locked (created closed if missing).
+fn locked_window(client: &mut SpiClient<'_>, key_id: Uuid) -> Window {
+    use crate::pg::oids::*;
+    let select = spi::statement(client, WINDOW_ROW, &[UUIDOID], true).or_raise();
+    for _ in 0..2 {
+        let rows = client
+            .update(&*select, Some(1), &[key_id.into()])
+            .unwrap_or_else(|e| spi::failed(e).raise());
+        if !rows.is_empty() {
+            let row = rows.first();
+            let end = row
+                .get::<pgrx::datum::TimestampWithTimeZone>(1)
+                .ok()
+                .flatten()
+                .map_or(calendar::NEGATIVE_INFINITY, crate::pg::clock::micros_of);
+            let admitted = row.get::<i32>(2).ok().flatten().unwrap_or(0);
+            return Window { end, admitted };
         }
-        let end = first::<pgrx::datum::TimestampWithTimeZone>(
-            client,
-            RATE_PEEK,
-            &[UUIDOID],
-            &[key_id.into()],
+        // Waits for a concurrent insert of the same key; in a repeatable-read transaction that
+        // cannot see it, PostgreSQL raises 40001 (retry), as for any write conflict.
+        let insert = spi::statement(client, WINDOW_PLACEHOLDER, &[UUIDOID], true).or_raise();
+        client
+            .update(&*insert, None, &[key_id.into()])
+            .unwrap_or_else(|e| spi::failed(e).raise());
+    }
+    Error::new(
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "api_key: the rate-limit window of a key changed while it was being counted",
+    )
+    .hint("Retry the transaction.")
+    .raise()
+}
+
+fn store_window(client: &mut SpiClient<'_>, key_id: Uuid, w: Window) {
+    use crate::pg::oids::*;
+    let store = spi::statement(
+        client,
+        WINDOW_STORE,
+        &[UUIDOID, TIMESTAMPTZOID, INT4OID],
+        true,
+    )
+    .or_raise();
+    client
+        .update(
+            &*store,
+            None,
+            &[
+                key_id.into(),
+                timestamptz_arg(Some(w.end)),
+                w.admitted.into(),
+            ],
         )
-        .flatten()
-        .map_or(window_end, crate::pg::clock::micros_of);
-        // Another backend may have opened the window with a clock reading a little later than
-        // ours: never announce more than one window.
-        Admission::Refused {
-            retry_after_ms: rate_limit::retry_after_ms(end.min(window_end), now),
+        .unwrap_or_else(|e| spi::failed(e).raise());
+}
+
+fn admit_in_table(key_id: Uuid, max: i32, opens_until: i64, now: i64) -> Admission {
+    Spi::connect_mut(|client| {
+        let stored = locked_window(client, key_id);
+        match rate_limit::admit(Some(stored), max, opens_until, now) {
+            rate_limit::Decision::Admitted(w) => {
+                store_window(client, key_id, w);
+                Admission::Admitted {
+                    admitted: w.admitted,
+                    counter: Counter::Table { stored: w },
+                }
+            }
+            rate_limit::Decision::Refused { window_end } => Admission::Refused {
+                retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+            },
         }
     })
 }
 
 /// Give back an admission, where it was counted, when a later check (credits) refuses the
 /// verification.
-pub fn undo_admission(key_id: Uuid, counter: Counter, now: i64) {
+pub fn undo_admission(key_id: Uuid, counter: Counter) {
     match counter {
         Counter::SharedMemory { window_end } => {
-            rate_limit_shmem::undo(key_id.as_bytes(), window_end, now)
+            admissions::give_back_now(key_id.as_bytes(), window_end)
         }
-        Counter::Table => Spi::connect_mut(|client| {
-            first::<i32>(client, RATE_UNDO, &[pg_sys::UUIDOID], &[key_id.into()]);
+        Counter::Table { stored } => Spi::connect_mut(|client| {
+            store_window(client, key_id, rate_limit::give_back(stored, stored.end))
         }),
     }
 }

@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 from catalog import differences, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASES = {"0.1.0": "629496e", "0.2.0": "7d70781"}
+RELEASES = {"0.1.0": "629496e", "0.2.0": "08f9951"}
 PG = "/usr/lib/postgresql/15"
 LIBDIR = Path(f"{PG}/lib")
 EXTDIR = Path("/usr/share/postgresql/15/extension")
