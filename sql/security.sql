@@ -129,6 +129,12 @@ COMMENT ON FUNCTION @extschema@.api_key_rotate(uuid, interval) IS
     'New plaintext for the same key (owner, permissions, limits, credits); the old one works until grace has passed. Needs api_key:update and api_key:create.';
 COMMENT ON FUNCTION @extschema@.api_key_delete_expired() IS
     'Delete expired keys and rotated-away secrets past their grace; returns how many of both. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_credits_add(uuid, bigint, text) IS
+    'Add amount credits to a key, atomically; returns the balance after. Audited with reason. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_credits_subtract(uuid, bigint, text) IS
+    'Subtract amount credits from a key, atomically, never below zero (22023, nothing taken); returns the balance after. Audited with reason. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_credits_set(uuid, bigint, text) IS
+    'Set a key''s credit balance (NULL: unlimited, unless it has a refill); returns it. Audited with reason. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean) IS
     'Create a named key configuration. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_config_update(text, jsonb) IS

@@ -193,6 +193,25 @@ def test_update(app, service, su, existing, data, name, enabled, expires_at, per
 
 
 @SETTINGS
+@given(data=st.data(), amount=maybe(bigints), reason=maybe(any_text), actor=actors,
+       fn=st.sampled_from(["api_key_credits_add", "api_key_credits_subtract", "api_key_credits_set"]))
+def test_credit_operations(app, service, su, existing, data, amount, reason, actor, fn):
+    key_id = data.draw(st.one_of(st.sampled_from(existing["ids"]), st.none(), st.uuids()))
+    client = data.draw(st.sampled_from([app, service]))
+    balance = "SELECT (SELECT remaining FROM api_key.keys WHERE id = %s) AS remaining"
+    before = su.val(balance, [key_id])
+    out = call(client, su, fn, {"id": ("uuid", key_id), "remaining" if fn.endswith("set") else "amount":
+                                ("bigint", amount), "reason": ("text", reason)}, actor)
+    after = su.val(balance, [key_id])
+    if isinstance(out, psycopg.Error):
+        assert after == before
+    else:
+        assert out[0][fn] == after
+    for key in existing["keys"]:
+        assert call(app, su, "api_key_verify", {"key": ("text", key)}, None, one_row=True)
+
+
+@SETTINGS
 @given(data=st.data(), grace=maybe(intervals), page_size=maybe(ints), after_id=maybe(st.uuids()),
        reference_id=maybe(any_text), reference_type=maybe(any_text), actor=actors)
 def test_rotate_get_revoke_list(app, service, su, existing, data, grace, page_size, after_id, reference_id,

@@ -9,6 +9,7 @@ pub mod change;
 pub mod config;
 pub mod configs;
 pub mod create;
+pub mod credits;
 pub mod key_row;
 pub mod lifecycle;
 pub mod read;
