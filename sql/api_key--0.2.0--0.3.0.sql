@@ -1,7 +1,11 @@
 -- api_key 0.2.0 → 0.3.0. Once released, never edit this file; fix forward in the next script.
 --
--- 0.3.0 adds the service's credit operations (add, subtract, set). Nothing else in the schema
--- changes; the library's rate-limit changes (docs/usage-control.md) need no SQL.
+-- 0.3.0 adds the service's credit operations (add, subtract, set) and refills on a calendar
+-- schedule: a refill_anchor column in api_key.keys and api_key.configs, a refill_anchor
+-- argument at the end of api_key_create, api_key_update and api_key_config_create (which are
+-- therefore dropped and created again: their oids change), and api_key_next_refill_at(k).
+-- Every row is kept; existing refills keep refilling as before (no anchor). The library's
+-- rate-limit changes (docs/usage-control.md) need no SQL.
 -- tests/test_upgrade.py checks that the result is identical to a fresh install of 0.3.0.
 
 \echo Use "ALTER EXTENSION api_key UPDATE TO '0.3.0'" to load this file. \quit
@@ -48,3 +52,109 @@ COMMENT ON FUNCTION @extschema@.api_key_credits_subtract(uuid, bigint, text) IS
     'Subtract amount credits from a key, atomically, never below zero (22023, nothing taken); returns the balance after. Audited with reason. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_credits_set(uuid, bigint, text) IS
     'Set a key''s credit balance (NULL: unlimited, unless it has a refill); returns it. Audited with reason. Service only.';
+
+-- Calendar refills.
+ALTER TABLE api_key.configs ADD COLUMN refill_anchor timestamptz,
+    ADD CONSTRAINT configs_refill_anchor_needs_refill CHECK (refill_anchor IS NULL OR refill_interval IS NOT NULL);
+COMMENT ON COLUMN api_key.configs.refill_anchor IS 'Refills on a calendar schedule: at refill_anchor + k × refill_interval (UTC), instead of refill_interval after the last refill';
+ALTER TABLE api_key.keys ADD COLUMN refill_anchor timestamptz;
+COMMENT ON COLUMN api_key.keys.refill_anchor IS 'Refills on a calendar schedule: at refill_anchor + k × refill_interval (UTC), instead of refill_interval after the last refill; see api_key_next_refill_at(k)';
+
+DROP FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean);
+DROP FUNCTION @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[]);
+DROP FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean);
+
+CREATE FUNCTION @extschema@."api_key_create"(
+	"reference_id" TEXT,
+	"reference_type" TEXT DEFAULT 'user',
+	"name" TEXT DEFAULT NULL,
+	"config_id" TEXT DEFAULT NULL,
+	"prefix" TEXT DEFAULT NULL,
+	"expires_in" interval DEFAULT NULL,
+	"permissions" jsonb DEFAULT NULL,
+	"metadata" jsonb DEFAULT NULL,
+	"remaining" bigint DEFAULT NULL,
+	"refill_amount" bigint DEFAULT NULL,
+	"refill_interval" interval DEFAULT NULL,
+	"rate_limit_max" INT DEFAULT NULL,
+	"rate_limit_window" interval DEFAULT NULL,
+	"rate_limit_enabled" bool DEFAULT NULL,
+	"refill_anchor" timestamp with time zone DEFAULT NULL
+) RETURNS api_key.created_key
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_create_0_3_wrapper';
+
+CREATE FUNCTION @extschema@."api_key_update"(
+	"id" uuid,
+	"name" TEXT DEFAULT NULL,
+	"enabled" bool DEFAULT NULL,
+	"expires_at" timestamp with time zone DEFAULT NULL,
+	"permissions" jsonb DEFAULT NULL,
+	"metadata" jsonb DEFAULT NULL,
+	"remaining" bigint DEFAULT NULL,
+	"refill_amount" bigint DEFAULT NULL,
+	"refill_interval" interval DEFAULT NULL,
+	"rate_limit_enabled" bool DEFAULT NULL,
+	"rate_limit_max" INT DEFAULT NULL,
+	"rate_limit_window" interval DEFAULT NULL,
+	"clear" TEXT[] DEFAULT NULL,
+	"refill_anchor" timestamp with time zone DEFAULT NULL
+) RETURNS api_key.keys
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_update_0_3_wrapper';
+
+CREATE FUNCTION @extschema@."api_key_config_create"(
+	"id" TEXT,
+	"prefix" TEXT DEFAULT 'sk_',
+	"body_length" INT DEFAULT 32,
+	"hash_algorithm" TEXT DEFAULT 'sha256',
+	"default_expires_in" interval DEFAULT NULL,
+	"min_expires_in" interval DEFAULT NULL,
+	"max_expires_in" interval DEFAULT NULL,
+	"name_required" bool DEFAULT false,
+	"name_min_length" INT DEFAULT 1,
+	"name_max_length" INT DEFAULT 128,
+	"prefix_min_length" INT DEFAULT 0,
+	"prefix_max_length" INT DEFAULT 32,
+	"metadata_enabled" bool DEFAULT true,
+	"default_permissions" jsonb DEFAULT NULL,
+	"rate_limit_enabled" bool DEFAULT false,
+	"rate_limit_max" INT DEFAULT NULL,
+	"rate_limit_window" interval DEFAULT NULL,
+	"default_remaining" bigint DEFAULT NULL,
+	"refill_amount" bigint DEFAULT NULL,
+	"refill_interval" interval DEFAULT NULL,
+	"actor_may_raise" TEXT[] DEFAULT '{}',
+	"actor_may_create" bool DEFAULT false,
+	"refill_anchor" timestamp with time zone DEFAULT NULL
+) RETURNS api_key.configs
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_config_create_0_3_wrapper';
+
+CREATE FUNCTION @extschema@."api_key_next_refill_at"(
+	"k" api_key.keys
+) RETURNS timestamp with time zone
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_next_refill_at_wrapper';
+
+REVOKE EXECUTE ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean, timestamp with time zone),
+    @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[], timestamp with time zone),
+    @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean, timestamp with time zone),
+    @extschema@.api_key_next_refill_at(api_key.keys) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean, timestamp with time zone),
+    @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[], timestamp with time zone),
+    @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean, timestamp with time zone),
+    @extschema@.api_key_next_refill_at(api_key.keys) TO api_key_user, api_key_admin;
+
+COMMENT ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean, timestamp with time zone) IS
+    'Create a key for (reference_type, reference_id). Returns the plaintext key once; only its hash is stored.';
+COMMENT ON FUNCTION @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[], timestamp with time zone) IS
+    'Change a key. NULL arguments leave a field as it is; clear => ''{expires_at,remaining}'' sets fields to NULL. Actors may only narrow limits and permissions.';
+COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean, timestamp with time zone) IS
+    'Create a named key configuration. Service only.';
+COMMENT ON FUNCTION @extschema@.api_key_next_refill_at(api_key.keys) IS
+    'When the key (a row of api_key.keys) next refills its credits: refill_interval after the last refill, or the next point of its calendar schedule (refill_anchor); NULL without a refill.';

@@ -94,15 +94,19 @@ CREATE TABLE api_key.configs (
     actor_may_raise     text[] NOT NULL DEFAULT '{}',
     -- Whether actors (not only the service) may create keys of this configuration.
     actor_may_create    boolean NOT NULL DEFAULT false,
+    -- 0.3.0: refills on a calendar schedule (refill_anchor + k × refill_interval).
+    refill_anchor       timestamptz,
     CHECK (hash_algorithm <> 'argon2id' OR body_length >= 40),
     CHECK (min_expires_in IS NULL OR max_expires_in IS NULL OR min_expires_in <= max_expires_in),
     CHECK (name_min_length <= name_max_length),
     CHECK (prefix_min_length <= prefix_max_length),
     CHECK (NOT rate_limit_enabled OR (rate_limit_max IS NOT NULL AND rate_limit_window IS NOT NULL)),
-    CHECK ((refill_amount IS NULL) = (refill_interval IS NULL))
+    CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
+    CONSTRAINT configs_refill_anchor_needs_refill CHECK (refill_anchor IS NULL OR refill_interval IS NOT NULL)
 );
 COMMENT ON TABLE api_key.configs IS 'Named key configurations: format, hashing, expiry bounds, name rules and usage defaults. "default" is created at install.';
 COMMENT ON COLUMN api_key.configs.actor_may_raise IS 'Limits actors (not only the service) may raise: any of enabled, expires_at, permissions, remaining, refill, rate_limit';
+COMMENT ON COLUMN api_key.configs.refill_anchor IS 'Refills on a calendar schedule: at refill_anchor + k × refill_interval (UTC), instead of refill_interval after the last refill';
 COMMENT ON COLUMN api_key.configs.actor_may_create IS 'Whether actors may create keys of this configuration (else only the service); true for "default"';
 INSERT INTO api_key.configs (id, actor_may_create) VALUES ('default', true);
 
@@ -133,12 +137,15 @@ CREATE TABLE api_key.keys (
     created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     created_by         text,
     updated_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
-    last_used_at       timestamptz
+    last_used_at       timestamptz,
+    -- 0.3.0: refills on a calendar schedule (refill_anchor + k × refill_interval).
+    refill_anchor      timestamptz
 ) WITH (fillfactor = 80);  -- room for HOT updates of credits and last_used_at
 COMMENT ON TABLE api_key.keys IS 'One row per key: owner (reference_type, reference_id), permissions, limits and usage state. Never the key or its hash (see api_key.key_secrets).';
 COMMENT ON COLUMN api_key.keys.start IS 'The first characters of the key, for display; not enough to use it';
 COMMENT ON COLUMN api_key.keys.remaining IS 'Credits left; NULL means unlimited';
 COMMENT ON COLUMN api_key.keys.last_used_at IS 'Last admitted verification, kept coarsely: see api_key.last_used_precision';
+COMMENT ON COLUMN api_key.keys.refill_anchor IS 'Refills on a calendar schedule: at refill_anchor + k × refill_interval (UTC), instead of refill_interval after the last refill; see api_key_next_refill_at(k)';
 COMMENT ON COLUMN api_key.keys.created_by IS 'Audit only: the actor that created the key. Ownership is (reference_type, reference_id).';
 CREATE INDEX keys_by_reference ON api_key.keys (reference_type, reference_id, created_at, id);
 CREATE INDEX keys_by_expiry ON api_key.keys (expires_at) WHERE expires_at IS NOT NULL;

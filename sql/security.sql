@@ -112,7 +112,7 @@ $grants$;
 -- only read the caller's own transaction binding, and application policies call them.
 
 -- Comments on the functions (written in Rust; their doc comments say the same at more length).
-COMMENT ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean) IS
+COMMENT ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean, timestamp with time zone) IS
     'Create a key for (reference_type, reference_id). Returns the plaintext key once; only its hash is stored.';
 COMMENT ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text) IS
     'Verify an API key: exactly one row (valid, code, key and usage), never an error for any key value. Checks existence, enabled, expiry, permissions, rate limit, credits; a refused call consumes nothing.';
@@ -121,7 +121,7 @@ COMMENT ON FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text)
 COMMENT ON FUNCTION @extschema@.api_key_get(uuid) IS 'One key (never its hash), if the caller may read it';
 COMMENT ON FUNCTION @extschema@.api_key_list_for_reference(text, text, text, integer, uuid) IS
     'Keys of a reference, newest first, page_size per page; pass the last id seen as after_id for the next page';
-COMMENT ON FUNCTION @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[]) IS
+COMMENT ON FUNCTION @extschema@.api_key_update(uuid, text, boolean, timestamp with time zone, jsonb, jsonb, bigint, bigint, interval, boolean, integer, interval, text[], timestamp with time zone) IS
     'Change a key. NULL arguments leave a field as it is; clear => ''{expires_at,remaining}'' sets fields to NULL. Actors may only narrow limits and permissions.';
 COMMENT ON FUNCTION @extschema@.api_key_revoke(uuid) IS
     'Revoke a key: it is deleted and verifies as NOT_FOUND from now on. True if this call revoked it, false if there is no such key.';
@@ -135,7 +135,9 @@ COMMENT ON FUNCTION @extschema@.api_key_credits_subtract(uuid, bigint, text) IS
     'Subtract amount credits from a key, atomically, never below zero (22023, nothing taken); returns the balance after. Audited with reason. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_credits_set(uuid, bigint, text) IS
     'Set a key''s credit balance (NULL: unlimited, unless it has a refill); returns it. Audited with reason. Service only.';
-COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean) IS
+COMMENT ON FUNCTION @extschema@.api_key_next_refill_at(api_key.keys) IS
+    'When the key (a row of api_key.keys) next refills its credits: refill_interval after the last refill, or the next point of its calendar schedule (refill_anchor); NULL without a refill.';
+COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text, interval, interval, interval, boolean, integer, integer, integer, integer, boolean, jsonb, boolean, integer, interval, bigint, bigint, interval, text[], boolean, timestamp with time zone) IS
     'Create a named key configuration. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_config_update(text, jsonb) IS
     'Change settings of a configuration: settings => ''{"column": value, …}'' (JSON null clears). Applies to keys created afterwards. Service only.';

@@ -188,6 +188,52 @@ pub fn add_period(ts: i64, period: Interval) -> Option<i64> {
     in_range(ts.checked_add(length)?)
 }
 
+/// Why `period` cannot be a calendar schedule (refills at `anchor + k × period`), if it cannot:
+/// it must be a number of months, or of days and smaller units, not both (a month's length
+/// varies, so a mix has no fixed grid), and have no negative part.
+pub fn schedule_problem(period: Interval) -> Option<&'static str> {
+    if period.has_negative_part() || !period.is_positive() {
+        Some("must be positive")
+    } else if period.months != 0 && (period.days != 0 || period.micros != 0) {
+        Some("must be a number of months, or of days and smaller units, not both, when refill_anchor is set")
+    } else {
+        None
+    }
+}
+
+/// The first point of the schedule `anchor + k × period` (k any integer, each point computed
+/// from the anchor, so a monthly schedule anchored on the 31st falls on the last day of
+/// shorter months and comes back to the 31st) that is strictly after `t`. `None` when it is
+/// beyond PostgreSQL's range, or `period` is not a schedule (`schedule_problem`).
+pub fn next_point_after(anchor: i64, period: Interval, t: i64) -> Option<i64> {
+    if schedule_problem(period).is_some() || [anchor, t].iter().any(|x| in_range(*x).is_none()) {
+        return None;
+    }
+    if period.months == 0 {
+        // A fixed length in UTC: the grid is exact.
+        let length = period.days as i64 * MICROS_PER_DAY + period.micros;
+        let k = (t - anchor).div_euclid(length) + 1;
+        return in_range(anchor.checked_add(k.checked_mul(length)?)?);
+    }
+    let point = |k: i64| -> Option<i64> {
+        let months = i32::try_from(k.checked_mul(period.months as i64)?).ok()?;
+        add(anchor, Interval::new(months, 0, 0))
+    };
+    // Whole months from the anchor's month to t's, divided by the period: within one step of
+    // the answer, then walked to it.
+    let (ya, ma, _) = j2date(split(anchor).0);
+    let (yt, mt, _) = j2date(split(t).0);
+    let months_between = (yt * 12 + mt) - (ya * 12 + ma);
+    let mut k = months_between.div_euclid(period.months as i64) - 1;
+    while point(k)? > t {
+        k -= 1;
+    }
+    while point(k + 1)? <= t {
+        k += 1;
+    }
+    point(k + 1)
+}
+
 /// Unix microseconds of a PostgreSQL timestamp.
 pub fn to_unix_micros(ts: i64) -> i64 {
     ts.saturating_add(946_684_800_000_000)
@@ -306,5 +352,97 @@ mod tests {
         assert!(Interval::new(0, 365, 0).comparable() > Interval::years(1).comparable());
         assert!(Interval::new(0, 0, 1).is_positive());
         assert!(!Interval::new(1, -30, 0).is_positive());
+    }
+
+    fn at(y: i64, m: i64, d: i64, hour: i64) -> i64 {
+        (date2j(y, m, d) - POSTGRES_EPOCH_JDATE) * MICROS_PER_DAY + hour * 3_600_000_000
+    }
+
+    #[test]
+    fn a_monthly_schedule_on_the_31st_clamps_and_comes_back() {
+        let anchor = at(2024, 1, 31, 0);
+        let month = Interval::new(1, 0, 0);
+        assert_eq!(
+            next_point_after(anchor, month, at(2024, 2, 1, 0)),
+            Some(at(2024, 2, 29, 0))
+        );
+        assert_eq!(
+            next_point_after(anchor, month, at(2024, 2, 29, 0)),
+            Some(at(2024, 3, 31, 0))
+        );
+        assert_eq!(
+            next_point_after(anchor, month, at(2024, 4, 15, 0)),
+            Some(at(2024, 4, 30, 0))
+        );
+        assert_eq!(
+            next_point_after(anchor, month, at(2024, 5, 1, 0)),
+            Some(at(2024, 5, 31, 0))
+        );
+        // Before the anchor, the schedule runs backwards from it.
+        assert_eq!(
+            next_point_after(anchor, month, at(2023, 11, 5, 0)),
+            Some(at(2023, 11, 30, 0))
+        );
+        let quarter = Interval::new(3, 0, 0);
+        assert_eq!(
+            next_point_after(anchor, quarter, at(2024, 6, 1, 0)),
+            Some(at(2024, 7, 31, 0))
+        );
+    }
+
+    #[test]
+    fn daily_and_weekly_schedules_are_a_fixed_grid() {
+        let midnight = at(2026, 1, 1, 0);
+        let day = Interval::new(0, 1, 0);
+        assert_eq!(
+            next_point_after(midnight, day, at(2026, 11, 29, 23)),
+            Some(at(2026, 11, 30, 0))
+        );
+        assert_eq!(
+            next_point_after(midnight, day, at(2026, 11, 30, 0)),
+            Some(at(2026, 12, 1, 0))
+        );
+        let monday = at(2026, 11, 23, 0);
+        let week = Interval::new(0, 7, 0);
+        assert_eq!(
+            next_point_after(monday, week, at(2026, 11, 29, 12)),
+            Some(at(2026, 11, 30, 0))
+        );
+        assert_eq!(
+            next_point_after(monday, week, at(1999, 1, 1, 0))
+                .map(|p| (p - monday) % (7 * MICROS_PER_DAY)),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn mixed_or_empty_periods_are_not_schedules() {
+        assert!(schedule_problem(Interval::new(1, 1, 0)).is_some());
+        assert!(schedule_problem(Interval::new(0, 0, 0)).is_some());
+        assert!(schedule_problem(Interval::new(0, 1, 3_600_000_000)).is_none());
+        assert_eq!(next_point_after(0, Interval::new(1, 1, 0), 5), None);
+    }
+
+    proptest::proptest! {
+        /// The next point is after t, on the schedule, and no point lies between t and it.
+        #[test]
+        fn the_next_point_is_the_first_after_t(
+            anchor in -3_000_000_000_000_000i64..3_000_000_000_000_000,
+            t in -3_000_000_000_000_000i64..3_000_000_000_000_000,
+            months in 1..25i32,
+        ) {
+            let period = Interval::new(months, 0, 0);
+            let next = next_point_after(anchor, period, t).unwrap();
+            proptest::prop_assert!(next > t);
+            // The point before it (one period back, counted from the anchor) is at or before t.
+            let k = {
+                let (ya, ma, _) = j2date(split(anchor).0);
+                let (yn, mn, _) = j2date(split(next).0);
+                ((yn * 12 + mn) - (ya * 12 + ma)) / months as i64
+            };
+            proptest::prop_assert_eq!(add(anchor, Interval::new((k * months as i64) as i32, 0, 0)), Some(next));
+            let before = add(anchor, Interval::new(((k - 1) * months as i64) as i32, 0, 0)).unwrap();
+            proptest::prop_assert!(before <= t);
+        }
     }
 }

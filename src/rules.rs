@@ -23,6 +23,19 @@ pub const MAX_PERIOD: Interval = Interval::years(10);
 pub struct Refill {
     pub amount: i64,
     pub interval: Interval,
+    /// A calendar schedule: refills fall at `anchor + k × interval` (`calendar::next_point_after`)
+    /// instead of `interval` after the previous refill. Microseconds.
+    pub anchor: Option<i64>,
+}
+
+/// When the first refill after `since` (the last refill, or creation) is due: `interval` after
+/// it, or on a calendar schedule the first point of `anchor + k × interval` after it. None when
+/// that is beyond PostgreSQL's range (never).
+pub fn next_refill(interval: Interval, anchor: Option<i64>, since: i64) -> Option<i64> {
+    match anchor {
+        None => calendar::add_period(since, interval),
+        Some(anchor) => calendar::next_point_after(anchor, interval, since),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,8 +118,8 @@ pub fn check_remaining(argument: &str, remaining: i64) -> Result<(), Problem> {
     Ok(())
 }
 
-/// `refill_amount` and `refill_interval` as given (each possibly absent) into a refill. The
-/// interval's bounds are checked where it is given (`check_period`).
+/// `refill_amount` and `refill_interval` as given (each possibly absent) into a refill, rolling
+/// (no anchor). The interval's bounds are checked where it is given (`check_period`).
 pub fn refill_from(
     amount: Option<i64>,
     interval: Option<Interval>,
@@ -117,10 +130,35 @@ pub fn refill_from(
             if amount <= 0 {
                 return Err("refill_amount must be positive".into());
             }
-            Ok(Some(Refill { amount, interval }))
+            Ok(Some(Refill {
+                amount,
+                interval,
+                anchor: None,
+            }))
         }
         _ => Err("refill_amount and refill_interval go together".into()),
     }
+}
+
+/// `refill` on the calendar schedule of `anchor` (None: rolling). An anchor needs a refill, a
+/// finite time, and an interval that is a schedule (`calendar::schedule_problem`).
+pub fn anchored(refill: Option<Refill>, anchor: Option<i64>) -> Result<Option<Refill>, Problem> {
+    let Some(anchor) = anchor else {
+        return Ok(refill.map(|r| Refill { anchor: None, ..r }));
+    };
+    let Some(refill) = refill else {
+        return Err("refill_anchor needs a refill (refill_amount and refill_interval)".into());
+    };
+    if anchor == calendar::INFINITY || anchor == calendar::NEGATIVE_INFINITY {
+        return Err("refill_anchor must be a finite time".into());
+    }
+    if let Some(problem) = calendar::schedule_problem(refill.interval) {
+        return Err(format!("refill_interval {problem}"));
+    }
+    Ok(Some(Refill {
+        anchor: Some(anchor),
+        ..refill
+    }))
 }
 
 /// `rate_limit_max` and `rate_limit_window` into a rate limit, when enabled. The window's
@@ -202,7 +240,7 @@ impl Field {
             Field::ExpiresAt => "extend or remove an expiry",
             Field::Permissions => "add permissions",
             Field::Remaining => "add credits or make them unlimited",
-            Field::Refill => "add a refill, or make one larger or more frequent",
+            Field::Refill => "add a refill, or make one larger, more frequent or rescheduled",
             Field::RateLimit => "remove or loosen a rate limit",
         }
     }
@@ -213,7 +251,10 @@ fn wider_refill(before: &Limits, after: &Limits) -> bool {
         (_, None) => false,
         // Unlimited credits before: any refill is a limit.
         (None, Some(_)) => before.remaining.is_some(),
-        (Some(b), Some(a)) => a.amount > b.amount || !a.interval.at_least(&b.interval),
+        // A new or moved schedule can bring the next refill forward.
+        (Some(b), Some(a)) => {
+            a.amount > b.amount || !a.interval.at_least(&b.interval) || a.anchor != b.anchor
+        }
     }
 }
 
@@ -291,6 +332,7 @@ mod tests {
             refill: Some(Refill {
                 amount: 100,
                 interval: day(1),
+                anchor: None,
             }),
             rate_limit: Some(RateLimit {
                 max: 10,
@@ -310,6 +352,7 @@ mod tests {
         after.refill = Some(Refill {
             amount: 50,
             interval: day(7),
+            anchor: None,
         });
         after.rate_limit = Some(RateLimit {
             max: 1,
@@ -334,6 +377,7 @@ mod tests {
             refill: Some(Refill {
                 amount: 100,
                 interval: Interval::new(0, 0, 3_600_000_000),
+                anchor: None,
             }),
             rate_limit: None,
         };
@@ -369,6 +413,7 @@ mod tests {
             refill: Some(Refill {
                 amount: 1,
                 interval: day(30),
+                anchor: None,
             }),
             ..finite.clone()
         };

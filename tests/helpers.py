@@ -171,7 +171,8 @@ def create(client: Client, actor: str | None = None, **kw) -> dict:
     args, params = [], []
     for name, value in kw.items():
         cast = {"permissions": "::jsonb", "metadata": "::jsonb", "expires_in": "::interval",
-                "refill_interval": "::interval", "rate_limit_window": "::interval"}.get(name, "")
+                "refill_interval": "::interval", "rate_limit_window": "::interval",
+                "refill_anchor": "::timestamptz"}.get(name, "")
         args.append(f"{name} => %s{cast}")
         params.append(value)
     return client.one(f"SELECT * FROM api_key_create({', '.join(args)})", params, actor=actor)

@@ -20,13 +20,14 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 /// Fields `clear` may name.
-const CLEARABLE: [&str; 6] = [
+const CLEARABLE: [&str; 7] = [
     "name",
     "expires_at",
     "permissions",
     "metadata",
     "remaining",
     "refill",
+    "refill_anchor",
 ];
 
 fn cleared(clear: Option<Vec<Option<String>>>) -> Result<Vec<String>, Error> {
@@ -36,7 +37,7 @@ fn cleared(clear: Option<Vec<Option<String>>>) -> Result<Vec<String>, Error> {
         if !CLEARABLE.contains(&field.as_str()) {
             return Err(
                 Error::invalid(format!("clear: cannot clear \"{}\"", shorten(&field, 64))).hint(
-                    "clear accepts name, expires_at, permissions, metadata, remaining, refill.",
+                    "clear accepts name, expires_at, permissions, metadata, remaining, refill, refill_anchor.",
                 ),
             );
         }
@@ -55,6 +56,7 @@ struct Change {
     remaining: Option<i64>,
     refill_amount: Option<i64>,
     refill_interval: Option<Interval>,
+    refill_anchor: Option<i64>,
     rate_limit_enabled: Option<bool>,
     rate_limit_max: Option<i32>,
     rate_limit_window: Option<Interval>,
@@ -76,6 +78,7 @@ impl Change {
             && self.remaining.is_none()
             && self.refill_amount.is_none()
             && self.refill_interval.is_none()
+            && self.refill_anchor.is_none()
             && self.rate_limit_enabled.is_none()
             && self.rate_limit_max.is_none()
             && self.rate_limit_window.is_none()
@@ -92,6 +95,7 @@ impl Change {
                 "refill",
                 self.refill_amount.is_some() || self.refill_interval.is_some(),
             ),
+            ("refill_anchor", self.refill_anchor.is_some()),
         ]
         .into_iter()
         .find(|(field, given)| *given && self.clears(field))
@@ -149,27 +153,39 @@ fn expiry(
 
 fn refill(change: &Change, key: &KeyRow, now: i64) -> Result<Option<Refill>, Error> {
     if change.clears("refill") {
+        if change.refill_anchor.is_some() {
+            return Err(Error::invalid(
+                "refill_anchor is given but the refill is cleared",
+            ));
+        }
         return Ok(None);
     }
     if let Some(interval) = change.refill_interval {
         rules::check_period("refill_interval", interval, now).map_err(Error::invalid)?;
     }
-    let current = rules::refill_from(key.refill_amount, key.refill_interval)
-        .ok()
-        .flatten();
-    match (change.refill_amount, change.refill_interval, current) {
-        (None, None, current) => Ok(current),
+    let current = key.limits().refill;
+    let refill = match (change.refill_amount, change.refill_interval, current) {
+        (None, None, current) => current,
         (amount, interval, Some(current)) => {
             // Changing one half of an existing refill keeps the other.
             let amount = amount.unwrap_or(current.amount);
             let interval = interval.unwrap_or(current.interval);
-            rules::refill_from(Some(amount), Some(interval)).map_err(Error::invalid)
+            rules::refill_from(Some(amount), Some(interval)).map_err(Error::invalid)?
         }
         (amount, interval, None) => rules::refill_from(amount, interval).map_err(|p| {
             Error::invalid(p)
                 .hint("Pass both, e.g. refill_amount => 1000, refill_interval => '1 day'.")
-        }),
-    }
+        })?,
+    };
+    // The schedule stays unless changed or cleared.
+    let anchor = if change.clears("refill_anchor") {
+        None
+    } else {
+        change.refill_anchor.or(current.and_then(|r| r.anchor))
+    };
+    rules::anchored(refill, anchor).map_err(|p| {
+        Error::invalid(p).hint("e.g. refill_interval => '1 month', refill_anchor => '2026-01-01 00:00+00' (monthly on the 1st, UTC).")
+    })
 }
 
 fn rate_limit(change: &Change, key: &KeyRow, now: i64) -> Result<Option<RateLimit>, Error> {
@@ -307,8 +323,10 @@ fn write(id: Uuid, a: &After, now: i64) -> Result<(KeysRow, Option<String>), Err
 /// Change a key. NULL arguments leave a field as it is; `clear => '{expires_at,remaining}'`
 /// sets fields to NULL. Needs api_key:update on the key's reference.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn api_key_update(
+// A new Rust name for a new SQL signature (0.3.0 added refill_anchor): the C symbol of the old
+// one must not change meaning (docs/releasing.md).
+#[pg_extern(volatile, parallel_unsafe, name = "api_key_update")]
+fn api_key_update_0_3(
     id: Option<Uuid>,
     name: default!(Option<&str>, "NULL"),
     enabled: default!(Option<bool>, "NULL"),
@@ -322,6 +340,7 @@ fn api_key_update(
     rate_limit_max: default!(Option<i32>, "NULL"),
     rate_limit_window: default!(Option<pgrx::datum::Interval>, "NULL"),
     clear: default!(Option<Vec<Option<String>>>, "NULL"),
+    refill_anchor: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.keys") {
     let principal = Principal::of_caller().or_raise();
     as_extension_owner(|| {
@@ -335,6 +354,7 @@ fn api_key_update(
             remaining,
             refill_amount,
             refill_interval: refill_interval.map(interval_from),
+            refill_anchor: refill_anchor.map(micros_of),
             rate_limit_enabled,
             rate_limit_max,
             rate_limit_window: rate_limit_window.map(interval_from),

@@ -20,10 +20,13 @@ pub const COLUMNS: &str =
      max_expires_in, name_required, name_min_length, name_max_length, prefix_min_length, \
      prefix_max_length, metadata_enabled, default_permissions, rate_limit_enabled, rate_limit_max, \
      rate_limit_window, default_remaining, refill_amount, refill_interval, actor_may_raise, \
-     actor_may_create";
+     actor_may_create, refill_anchor";
+
+/// How many columns `COLUMNS` names.
+pub const COLUMN_COUNT: usize = 23;
 
 /// The settings `api_key_config_update` accepts: every column but id and the timestamps.
-pub const SETTINGS: [&str; 21] = [
+pub const SETTINGS: [&str; 22] = [
     "prefix",
     "body_length",
     "hash_algorithm",
@@ -45,6 +48,7 @@ pub const SETTINGS: [&str; 21] = [
     "refill_interval",
     "actor_may_raise",
     "actor_may_create",
+    "refill_anchor",
 ];
 
 #[derive(Clone)]
@@ -71,6 +75,8 @@ pub struct Config {
     pub refill_interval: Option<Interval>,
     pub actor_may_raise: Vec<String>,
     pub actor_may_create: bool,
+    /// The calendar schedule of the refill (`rules::Refill::anchor`), microseconds.
+    pub refill_anchor: Option<i64>,
 }
 
 /// Reads a row whose columns are `COLUMNS`, in order. A NULL in a column that may not be
@@ -117,6 +123,10 @@ pub fn read(row: &SpiHeapTupleData<'_>) -> Result<Config, Error> {
         refill_interval: interval(20)?,
         actor_may_raise,
         actor_may_create: flag(22, "actor_may_create")?,
+        refill_anchor: row
+            .get::<pgrx::datum::TimestampWithTimeZone>(23)
+            .map_err(spi::failed)?
+            .map(crate::pg::clock::micros_of),
     })
 }
 
@@ -240,8 +250,13 @@ impl Config {
         {
             return Some(p);
         }
-        if let Err(p) = rules::refill_from(self.refill_amount, self.refill_interval) {
-            return Some(p);
+        match rules::refill_from(self.refill_amount, self.refill_interval) {
+            Err(p) => return Some(p),
+            Ok(refill) => {
+                if let Err(p) = rules::anchored(refill, self.refill_anchor) {
+                    return Some(p);
+                }
+            }
         }
         if let Some(p) = period("refill_interval", self.refill_interval) {
             return Some(p);
@@ -268,9 +283,10 @@ impl Config {
     }
 
     pub fn refill(&self) -> Option<Refill> {
-        rules::refill_from(self.refill_amount, self.refill_interval)
+        let refill = rules::refill_from(self.refill_amount, self.refill_interval)
             .ok()
-            .flatten()
+            .flatten();
+        rules::anchored(refill, self.refill_anchor).ok().flatten()
     }
 
     pub fn rate_limit(&self) -> Option<RateLimit> {

@@ -1,7 +1,7 @@
 //! `api_key_config_create`, `api_key_config_update`, `api_key_config_delete`: service only.
 
 use super::audit::{self, Entry};
-use super::config::{self, Config, COLUMNS, SETTINGS};
+use super::config::{self, Config, COLUMNS, COLUMN_COUNT, SETTINGS};
 use crate::access::Principal;
 use crate::error::{shorten, shorten_quoted, Error, OrRaise};
 use crate::permissions::Token;
@@ -51,11 +51,12 @@ fn arg_types() -> Vec<pg_sys::Oid> {
         TEXTARRAYOID,
         BOOLOID,
         TIMESTAMPTZOID,
+        TIMESTAMPTZOID,
     ]
 }
 
 impl Config {
-    /// The configuration's columns as query arguments $1..$22, then `at` as $23.
+    /// The configuration's columns as query arguments $1..$23 (`COLUMNS`), then `at` as $24.
     fn args(&self, at: i64) -> Vec<DatumWithOid<'static>> {
         vec![
             self.id.clone().into(),
@@ -80,6 +81,7 @@ impl Config {
             interval_arg(self.refill_interval),
             self.actor_may_raise.clone().into(),
             self.actor_may_create.into(),
+            timestamptz_arg(self.refill_anchor),
             timestamptz_arg(Some(at)),
         ]
     }
@@ -91,9 +93,11 @@ fn required<T>(value: Option<T>, argument: &str) -> Result<T, Error> {
 
 /// Create a named key configuration. Service only. Arguments left NULL that have no meaning
 /// as NULL (prefix, body_length, the flags and lengths) are 22004.
+// A new Rust name for a new SQL signature (0.3.0 added refill_anchor): the C symbol of the old
+// one must not change meaning (docs/releasing.md).
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn api_key_config_create(
+#[pg_extern(volatile, parallel_unsafe, name = "api_key_config_create")]
+fn api_key_config_create_0_3(
     id: Option<&str>,
     prefix: default!(Option<&str>, "'sk_'"),
     body_length: default!(Option<i32>, 32),
@@ -116,6 +120,7 @@ fn api_key_config_create(
     refill_interval: default!(Option<pgrx::datum::Interval>, "NULL"),
     actor_may_raise: default!(Option<Vec<Option<String>>>, "'{}'"),
     actor_may_create: default!(Option<bool>, false),
+    refill_anchor: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.configs") {
     let principal = Principal::of_caller().or_raise();
     let made = || -> Result<Config, Error> {
@@ -145,6 +150,7 @@ fn api_key_config_create(
                 .map(|f| f.ok_or_else(|| Error::null("an element of actor_may_raise")))
                 .collect::<Result<_, _>>()?,
             actor_may_create: required(actor_may_create, "actor_may_create")?,
+            refill_anchor: refill_anchor.map(crate::pg::clock::micros_of),
         })
     };
     as_extension_owner(|| {
@@ -159,9 +165,10 @@ fn api_key_config_create(
             .hint("Change it with api_key_config_update()."));
         }
         let now = clock::now();
-        let placeholders: Vec<String> = (1..=22).map(|n| format!("${n}")).collect();
+        let placeholders: Vec<String> = (1..=COLUMN_COUNT).map(|n| format!("${n}")).collect();
+        let at = COLUMN_COUNT + 1;
         let sql = format!(
-            "INSERT INTO api_key.configs AS c ({COLUMNS}, created_at, updated_at) VALUES ({}, $23, $23)
+            "INSERT INTO api_key.configs AS c ({COLUMNS}, created_at, updated_at) VALUES ({}, ${at}, ${at})
              RETURNING c, pg_catalog.to_jsonb(c)::pg_catalog.text",
             placeholders.join(", ")
         );
@@ -260,9 +267,10 @@ fn api_key_config_update(
             .skip(1)
             .map(|(i, c)| format!("{} = ${}", c.trim(), i + 1))
             .collect();
+        let (at, given) = (COLUMN_COUNT + 1, COLUMN_COUNT + 2);
         let sql = format!(
-            "UPDATE api_key.configs AS c SET {}, updated_at = $23 WHERE c.id OPERATOR(pg_catalog.=) $1
-             RETURNING c, pg_catalog.jsonb_build_object('id', c.id, 'settings', $24::pg_catalog.jsonb)::pg_catalog.text",
+            "UPDATE api_key.configs AS c SET {}, updated_at = ${at} WHERE c.id OPERATOR(pg_catalog.=) $1
+             RETURNING c, pg_catalog.jsonb_build_object('id', c.id, 'settings', ${given}::pg_catalog.jsonb)::pg_catalog.text",
             assignments.join(", ")
         );
         let mut types = arg_types();

@@ -129,7 +129,7 @@ fn settings(
     permissions: Option<Jsonb>,
     metadata: Option<Jsonb>,
     remaining: Option<i64>,
-    refill: (Option<i64>, Option<Interval>),
+    refill: (Option<i64>, Option<Interval>, Option<i64>),
     rate_limit: (Option<i32>, Option<Interval>, Option<bool>),
     now: i64,
 ) -> Result<Settings, Error> {
@@ -160,10 +160,16 @@ fn settings(
             rules::check_period(argument, period, now).map_err(Error::invalid)?;
         }
     }
+    // A refill given here has its own schedule (refill_anchor, or none); the configuration's
+    // refill comes with the configuration's schedule unless refill_anchor moves it.
     let refill = match refill {
-        (None, None) => config.refill(),
-        (amount, interval) => rules::refill_from(amount, interval).map_err(Error::invalid)?,
-    };
+        (None, None, None) => Ok(config.refill()),
+        (None, None, anchor) => rules::anchored(config.refill(), anchor),
+        (amount, interval, anchor) => {
+            rules::refill_from(amount, interval).and_then(|r| rules::anchored(r, anchor))
+        }
+    }
+    .map_err(Error::invalid)?;
     let remaining = rules::credits(remaining.or(config.default_remaining), refill);
     if let Some(r) = remaining {
         rules::check_remaining("remaining", r).map_err(Error::invalid)?;
@@ -282,9 +288,11 @@ pub fn created_key(
 /// Create a key owned by `(reference_type, reference_id)`. Returns the plaintext once; only
 /// its hash is stored. Acting for an actor, usage limits and permissions stay within the
 /// configuration's (see `actor_may_raise`).
+// A new Rust name for a new SQL signature (0.3.0 added refill_anchor): the C symbol of the old
+// one must not change meaning (docs/releasing.md).
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(volatile, parallel_unsafe)]
-fn api_key_create(
+#[pg_extern(volatile, parallel_unsafe, name = "api_key_create")]
+fn api_key_create_0_3(
     reference_id: Option<&str>,
     reference_type: default!(Option<&str>, "'user'"),
     name: default!(Option<&str>, "NULL"),
@@ -299,6 +307,7 @@ fn api_key_create(
     rate_limit_max: default!(Option<i32>, "NULL"),
     rate_limit_window: default!(Option<pgrx::datum::Interval>, "NULL"),
     rate_limit_enabled: default!(Option<bool>, "NULL"),
+    refill_anchor: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.created_key") {
     let principal = Principal::of_caller().or_raise();
     as_extension_owner(|| {
@@ -313,7 +322,11 @@ fn api_key_create(
             permissions,
             metadata,
             remaining,
-            (refill_amount, refill_interval.map(interval_from)),
+            (
+                refill_amount,
+                refill_interval.map(interval_from),
+                refill_anchor.map(crate::pg::clock::micros_of),
+            ),
             (
                 rate_limit_max,
                 rate_limit_window.map(interval_from),

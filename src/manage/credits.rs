@@ -11,6 +11,7 @@ use crate::error::{shorten, Error, OrRaise};
 use crate::pg::clock::{self, timestamptz_arg};
 use crate::pg::privileged::as_extension_owner;
 use crate::pg::spi;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -183,6 +184,32 @@ fn api_key_credits_set(
     reason: default!(Option<&str>, "NULL"),
 ) -> Option<i64> {
     operate(Operation::Set, id, remaining, reason)
+}
+
+/// When the key `k` (a row of `api_key.keys`, as `api_key_get` or a query under row-level
+/// security returns it) next refills its credits: `refill_interval` after the last refill (or
+/// creation), or on its calendar schedule (`refill_anchor`) the first point after it. NULL when
+/// the key has no refill. A refill happens at the first verification at or after that time.
+/// Reads nothing but the row it is given.
+#[pg_extern(stable, parallel_safe)]
+fn api_key_next_refill_at(
+    k: Option<pgrx::composite_type!("api_key.keys")>,
+) -> Option<TimestampWithTimeZone> {
+    let k = k?;
+    let micros = |name: &str| -> Option<i64> {
+        k.get_by_name::<TimestampWithTimeZone>(name)
+            .ok()
+            .flatten()
+            .map(crate::pg::clock::micros_of)
+    };
+    let interval = k
+        .get_by_name::<pgrx::datum::Interval>("refill_interval")
+        .ok()
+        .flatten()
+        .map(crate::pg::clock::interval_from)?;
+    let since = micros("last_refill_at").or_else(|| micros("created_at"))?;
+    crate::rules::next_refill(interval, micros("refill_anchor"), since)
+        .and_then(|at| TimestampWithTimeZone::try_from(at).ok())
 }
 
 #[cfg(test)]

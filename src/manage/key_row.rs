@@ -32,12 +32,13 @@ pub struct KeyRow {
     pub rate_limit_enabled: bool,
     pub rate_limit_max: Option<i32>,
     pub rate_limit_window: Option<Interval>,
+    pub refill_anchor: Option<i64>,
 }
 
 const SELECT: &str = "
     SELECT k.id, k.config_id, k.reference_type, k.reference_id, k.name, k.prefix, k.enabled, k.expires_at,
            k.permissions, k.metadata, k.remaining, k.refill_amount, k.refill_interval, k.rate_limit_enabled,
-           k.rate_limit_max, k.rate_limit_window
+           k.rate_limit_max, k.rate_limit_window, k.refill_anchor
       FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
 
 const WHOLE_ROW: &str = "SELECT k FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
@@ -86,6 +87,10 @@ impl KeyRow {
                 rate_limit_enabled: row.get::<bool>(14).map_err(spi::failed)?.unwrap_or(false),
                 rate_limit_max: row.get::<i32>(15).map_err(spi::failed)?,
                 rate_limit_window: interval(16)?,
+                refill_anchor: row
+                    .get::<pgrx::datum::TimestampWithTimeZone>(17)
+                    .map_err(spi::failed)?
+                    .map(micros_of),
             }))
         })
     }
@@ -124,7 +129,11 @@ impl KeyRow {
     pub fn limits(&self) -> Limits {
         let refill = rules::refill_from(self.refill_amount, self.refill_interval)
             .ok()
-            .flatten();
+            .flatten()
+            .map(|r| rules::Refill {
+                anchor: self.refill_anchor,
+                ..r
+            });
         let rate_limit = rules::rate_limit_from(
             self.rate_limit_enabled,
             self.rate_limit_max,
@@ -153,7 +162,7 @@ pub struct Written<'a> {
 }
 
 pub const WRITTEN_COLUMNS: &str = "name, enabled, expires_at, permissions, metadata, remaining, \
-     refill_amount, refill_interval, rate_limit_enabled, rate_limit_max, rate_limit_window";
+     refill_amount, refill_interval, rate_limit_enabled, rate_limit_max, rate_limit_window, refill_anchor";
 
 /// A statement's parameters: `leading` ones as `$1`…, then `WRITTEN_COLUMNS`' values.
 pub struct Params<'a> {
@@ -167,7 +176,7 @@ impl Written<'_> {
     pub fn params<'a>(&self, leading: Vec<(pg_sys::Oid, DatumWithOid<'a>)>) -> Params<'a> {
         use crate::pg::oids::*;
         let l = self.limits;
-        let written: [(pg_sys::Oid, DatumWithOid<'a>); 11] = [
+        let written: [(pg_sys::Oid, DatumWithOid<'a>); 12] = [
             (TEXTOID, self.name.map(str::to_string).into()),
             (BOOLOID, l.enabled.into()),
             (TIMESTAMPTZOID, timestamptz_arg(l.expires_at)),
@@ -179,6 +188,10 @@ impl Written<'_> {
             (BOOLOID, l.rate_limit.is_some().into()),
             (INT4OID, l.rate_limit.map(|r| r.max).into()),
             (INTERVALOID, interval_arg(l.rate_limit.map(|r| r.window))),
+            (
+                TIMESTAMPTZOID,
+                timestamptz_arg(l.refill.and_then(|r| r.anchor)),
+            ),
         ];
         let first = leading.len() + 1;
         let placeholders: Vec<String> = (first..first + written.len())

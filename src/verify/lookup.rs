@@ -32,6 +32,7 @@ pub struct StoredKey {
     pub remaining: Option<i64>,
     pub rate_limit: Option<(i32, Interval)>,
     pub refill_interval: Option<Interval>,
+    pub refill_anchor: Option<i64>,
     pub last_refill_at: Option<i64>,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
@@ -59,6 +60,7 @@ struct KeyColumns {
     rate_limit_max: i32,
     rate_limit_window: i32,
     refill_interval: i32,
+    refill_anchor: i32,
     last_refill_at: i32,
     created_at: i32,
     last_used_at: i32,
@@ -84,9 +86,23 @@ unsafe fn attnum(relid: Oid, name: &CStr) -> i32 {
     n
 }
 
+/// A column added by a later release than the oldest schema this library may meet: between
+/// installing a new package and `ALTER EXTENSION api_key UPDATE`, a database still has the
+/// previous release's tables, and verification must keep working meanwhile (0 = absent).
+unsafe fn attnum_since_upgrade(relid: Oid, name: &CStr) -> i32 {
+    // SAFETY: plain syscache lookup.
+    (unsafe { pg_sys::get_attnum(relid, name.as_ptr()) } as i32).max(0)
+}
+
 fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
-    if let Some(c) = COLUMNS.with(|c| *c.borrow()) {
+    if let Some(mut c) = COLUMNS.with(|c| *c.borrow()) {
         if c.0.relid == secrets && c.1.relid == keys {
+            if c.1.refill_anchor == 0 {
+                // Absent when cached: ALTER EXTENSION UPDATE may have added it since.
+                // SAFETY: plain syscache lookup on a relation that exists.
+                c.1.refill_anchor = unsafe { attnum_since_upgrade(keys, c"refill_anchor") };
+                COLUMNS.with(|cell| *cell.borrow_mut() = Some(c));
+            }
             return c;
         }
     }
@@ -112,6 +128,7 @@ fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
                 rate_limit_max: attnum(keys, c"rate_limit_max"),
                 rate_limit_window: attnum(keys, c"rate_limit_window"),
                 refill_interval: attnum(keys, c"refill_interval"),
+                refill_anchor: attnum_since_upgrade(keys, c"refill_anchor"),
                 last_refill_at: attnum(keys, c"last_refill_at"),
                 created_at: attnum(keys, c"created_at"),
                 last_used_at: attnum(keys, c"last_used_at"),
@@ -410,6 +427,9 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
             remaining: key.int8(kc.remaining),
             rate_limit,
             refill_interval: key.interval(kc.refill_interval),
+            refill_anchor: (kc.refill_anchor > 0)
+                .then(|| key.int8(kc.refill_anchor))
+                .flatten(),
             last_refill_at: key.int8(kc.last_refill_at),
             created_at: key.int8(kc.created_at).unwrap_or(0),
             last_used_at: key.int8(kc.last_used_at),

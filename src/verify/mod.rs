@@ -17,7 +17,6 @@ pub mod lookup;
 pub mod rate_limit_shmem;
 pub mod usage;
 
-use crate::calendar;
 use crate::error::{Error, OrRaise};
 use crate::hashing;
 use crate::key_format;
@@ -171,7 +170,7 @@ pub fn verify(
     let key_id = Uuid::from_bytes(found.id);
     let refill_due = found.refill_interval.and_then(|interval| {
         let since = found.last_refill_at.unwrap_or(found.created_at);
-        calendar::add_period(since, interval)
+        crate::rules::next_refill(interval, found.refill_anchor, since)
             .is_some_and(|at| at <= now)
             .then_some(since)
     });

@@ -160,13 +160,16 @@ def upgraded(request, tmp_path_factory):
         run("dpkg", "-i", str(deb))
 
         # Old SQL objects, new library: each old function called with NULLs, each in a new
-        # connection (which loads the new library): an answer or an error, never a crash.
+        # connection (which loads the new library) and a transaction that is rolled back (a
+        # call may work: api_key_delete_expired() would delete the expired keys compared
+        # below): an answer or an error, never a crash.
         outcomes = {}
         for sig, nargs in result["old_functions"]:
             name = sig.split("(")[0]
             with connect(port, "v010") as c:
                 try:
-                    c.execute(f"SELECT {name}({', '.join(['NULL'] * nargs)})")
+                    with c.transaction(force_rollback=True):
+                        c.execute(f"SELECT {name}({', '.join(['NULL'] * nargs)})")
                     outcomes[sig] = "ok"
                 except psycopg.OperationalError as e:
                     outcomes[sig] = f"CRASH: {e}"
@@ -199,6 +202,7 @@ def upgraded(request, tmp_path_factory):
             result["restored_version"] = c.execute(
                 "SELECT extversion FROM pg_extension WHERE extname = 'api_key'").fetchone()["extversion"]
             result["restored_answers"] = c.execute(ANSWER).fetchall()
+        result["release"] = release
         yield result
     finally:
         cluster("stop")
@@ -248,6 +252,7 @@ def test_the_comparison_sees_the_whole_extension(upgraded):
     assert len(fresh["functions"]) >= 20 and len(fresh["columns"]) >= 80 and len(fresh["policies"]) >= 10
     assert fresh["relations"] and fresh["constraints"] and fresh["indexes"] and fresh["types"]
     outcomes = upgraded["old_functions_with_new_library"]
-    assert len(outcomes) >= 40
+    assert len(outcomes) >= {"0.1.0": 40}.get(upgraded["release"], 20)
     assert outcomes["api_key_verify(text,jsonb,integer,text)"] == "22004"  # new library: NULL cost
-    assert outcomes["api_key.caller_token()"] == "42883"  # its symbol is gone: a clear error
+    if upgraded["release"] == "0.1.0":
+        assert outcomes["api_key.caller_token()"] == "42883"  # its symbol is gone: a clear error
