@@ -68,7 +68,7 @@ timestamps = st.one_of(
 bigints = st.one_of(st.sampled_from([0, -1, 1, 2**63 - 1, -2**63]), st.integers(-2**63, 2**63 - 1))
 ints = st.one_of(st.sampled_from([0, -1, 1, 2**31 - 1, -2**31]), st.integers(-2**31, 2**31 - 1))
 clear_lists = st.lists(st.one_of(st.none(), st.sampled_from(
-    ["name", "expires_at", "permissions", "metadata", "remaining", "refill", "rate_limit", "id", ""])), max_size=4)
+    ["name", "expires_at", "permissions", "metadata", "remaining", "refill", "refill_anchor", "rate_limit", "id", ""])), max_size=4)
 
 
 # --- Calls -----------------------------------------------------------------------------------
@@ -153,17 +153,17 @@ def test_verify_with_real_keys_and_any_request(app, su, existing, data):
        expires_in=maybe(intervals), permissions=maybe(any_json), metadata=maybe(any_json),
        remaining=maybe(bigints), refill_amount=maybe(bigints), refill_interval=maybe(intervals),
        rate_limit_max=maybe(ints), rate_limit_window=maybe(intervals), rate_limit_enabled=maybe(st.booleans()),
-       actor=actors, as_service=st.booleans())
+       refill_anchor=maybe(timestamps), actor=actors, as_service=st.booleans())
 def test_create(app, service, su, reference_id, reference_type, name, config_id, prefix, expires_in, permissions,
                 metadata, remaining, refill_amount, refill_interval, rate_limit_max, rate_limit_window,
-                rate_limit_enabled, actor, as_service):
+                rate_limit_enabled, refill_anchor, actor, as_service):
     args = {"reference_id": ("text", reference_id), "reference_type": ("text", reference_type),
             "name": ("text", name), "config_id": ("text", config_id), "prefix": ("text", prefix),
             "expires_in": ("interval", expires_in), "permissions": ("jsonb", permissions),
             "metadata": ("jsonb", metadata), "remaining": ("bigint", remaining),
             "refill_amount": ("bigint", refill_amount), "refill_interval": ("interval", refill_interval),
             "rate_limit_max": ("integer", rate_limit_max), "rate_limit_window": ("interval", rate_limit_window),
-            "rate_limit_enabled": ("boolean", rate_limit_enabled)}
+            "rate_limit_enabled": ("boolean", rate_limit_enabled), "refill_anchor": ("timestamptz_expr", refill_anchor)}
     result = call(service if as_service else app, su, "api_key_create", args, actor)
     if not isinstance(result, psycopg.Error):
         made = result[0]
@@ -176,17 +176,18 @@ def test_create(app, service, su, reference_id, reference_type, name, config_id,
        permissions=maybe(any_json), metadata=maybe(any_json), remaining=maybe(bigints),
        refill_amount=maybe(bigints), refill_interval=maybe(intervals), rate_limit_enabled=maybe(st.booleans()),
        rate_limit_max=maybe(ints), rate_limit_window=maybe(intervals), clear=maybe(clear_lists),
-       as_service=st.booleans())
+       refill_anchor=maybe(timestamps), as_service=st.booleans())
 def test_update(app, service, su, existing, data, name, enabled, expires_at, permissions, metadata, remaining,
                 refill_amount, refill_interval, rate_limit_enabled, rate_limit_max, rate_limit_window, clear,
-                as_service):
+                refill_anchor, as_service):
     key_id = data.draw(st.one_of(st.sampled_from(existing["ids"]), st.none(), st.uuids()))
     args = {"id": ("uuid", key_id), "name": ("text", name), "enabled": ("boolean", enabled),
             "expires_at": ("timestamptz_expr", expires_at), "permissions": ("jsonb", permissions),
             "metadata": ("jsonb", metadata), "remaining": ("bigint", remaining),
             "refill_amount": ("bigint", refill_amount), "refill_interval": ("interval", refill_interval),
             "rate_limit_enabled": ("boolean", rate_limit_enabled), "rate_limit_max": ("integer", rate_limit_max),
-            "rate_limit_window": ("interval", rate_limit_window), "clear": ("text[]", clear)}
+            "rate_limit_window": ("interval", rate_limit_window), "clear": ("text[]", clear),
+            "refill_anchor": ("timestamptz_expr", refill_anchor)}
     call(service if as_service else app, su, "api_key_update", args, None if as_service else existing["user"])
     for key in existing["keys"]:
         assert call(app, su, "api_key_verify", {"key": ("text", key)}, None, one_row=True)
@@ -232,11 +233,12 @@ def test_rotate_get_revoke_list(app, service, su, existing, data, grace, page_si
        name_required=maybe(st.booleans()), name_min_length=maybe(ints), name_max_length=maybe(ints),
        default_permissions=maybe(any_json), rate_limit_enabled=maybe(st.booleans()), rate_limit_max=maybe(ints),
        rate_limit_window=maybe(intervals), default_remaining=maybe(bigints), refill_amount=maybe(bigints),
-       refill_interval=maybe(intervals), actor_may_raise=maybe(clear_lists), settings_json=maybe(any_json))
+       refill_interval=maybe(intervals), actor_may_raise=maybe(clear_lists), settings_json=maybe(any_json),
+       refill_anchor=maybe(timestamps))
 def test_configurations(service, su, config_id, prefix, body_length, hash_algorithm, default_expires_in,
                         min_expires_in, max_expires_in, name_required, name_min_length, name_max_length,
                         default_permissions, rate_limit_enabled, rate_limit_max, rate_limit_window, default_remaining,
-                        refill_amount, refill_interval, actor_may_raise, settings_json):
+                        refill_amount, refill_interval, actor_may_raise, settings_json, refill_anchor):
     args = {"id": ("text", config_id), "prefix": ("text", prefix), "body_length": ("integer", body_length),
             "hash_algorithm": ("text", hash_algorithm), "default_expires_in": ("interval", default_expires_in),
             "min_expires_in": ("interval", min_expires_in), "max_expires_in": ("interval", max_expires_in),
@@ -245,7 +247,7 @@ def test_configurations(service, su, config_id, prefix, body_length, hash_algori
             "rate_limit_enabled": ("boolean", rate_limit_enabled), "rate_limit_max": ("integer", rate_limit_max),
             "rate_limit_window": ("interval", rate_limit_window), "default_remaining": ("bigint", default_remaining),
             "refill_amount": ("bigint", refill_amount), "refill_interval": ("interval", refill_interval),
-            "actor_may_raise": ("text[]", actor_may_raise)}
+            "actor_may_raise": ("text[]", actor_may_raise), "refill_anchor": ("timestamptz_expr", refill_anchor)}
     result = call(service, su, "api_key_config_create", args, None)
     target = config_id if not isinstance(result, psycopg.Error) else "default"
     call(service, su, "api_key_config_update", {"id": ("text", target), "settings": ("jsonb", settings_json)}, None)
