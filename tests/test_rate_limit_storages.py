@@ -180,3 +180,22 @@ def test_concurrent_commits_and_rollbacks_count_exactly_the_commits(storage):
     assert len(committed) <= 40
     with storage() as c:
         assert left(c, key) == 40 - len(committed)
+
+
+@pytest.mark.parametrize("refusal", ["rollback", "credits"])
+def test_a_call_that_is_given_back_never_starts_a_window(storage, refusal):
+    """A window opens at the first admitted verification that stays admitted: one rolled back,
+    or refused for credits, leaves no window behind (else a client could place windows at will
+    without spending allowance)."""
+    with storage() as c:
+        key = new_key(c, 1, window="2 seconds", remaining=10)
+        if refusal == "rollback":
+            with c.transaction(force_rollback=True):
+                assert check(c, key)["code"] == "VALID"
+        else:
+            assert c.execute("SELECT code FROM api_key_verify(%s, cost => 100)", [key]).fetchone()["code"] == \
+                "USAGE_EXCEEDED"
+        time.sleep(1.2)
+        assert check(c, key)["code"] == "VALID"           # opens the window now
+        time.sleep(1.2)
+        assert check(c, key)["code"] == "RATE_LIMITED"    # 2.4 s after the first call, 1.2 s into this window

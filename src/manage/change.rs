@@ -326,7 +326,7 @@ fn write(id: Uuid, a: &After, now: i64) -> Result<(KeysRow, Option<String>), Err
 // A new Rust name for a new SQL signature (0.3.0 added refill_anchor): the C symbol of the old
 // one must not change meaning (docs/releasing.md).
 #[pg_extern(volatile, parallel_unsafe, name = "api_key_update")]
-fn api_key_update_0_3(
+pub(super) fn api_key_update_0_3(
     id: Option<Uuid>,
     name: default!(Option<&str>, "NULL"),
     enabled: default!(Option<bool>, "NULL"),

@@ -97,7 +97,7 @@ fn required<T>(value: Option<T>, argument: &str) -> Result<T, Error> {
 // one must not change meaning (docs/releasing.md).
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, name = "api_key_config_create")]
-fn api_key_config_create_0_3(
+pub(super) fn api_key_config_create_0_3(
     id: Option<&str>,
     prefix: default!(Option<&str>, "'sk_'"),
     body_length: default!(Option<i32>, 32),

@@ -292,7 +292,7 @@ pub fn created_key(
 // one must not change meaning (docs/releasing.md).
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, name = "api_key_create")]
-fn api_key_create_0_3(
+pub(super) fn api_key_create_0_3(
     reference_id: Option<&str>,
     reference_type: default!(Option<&str>, "'user'"),
     name: default!(Option<&str>, "NULL"),

@@ -11,6 +11,7 @@ pub mod configs;
 pub mod create;
 pub mod credits;
 pub mod key_row;
+pub mod legacy;
 pub mod lifecycle;
 pub mod read;
 pub mod registry;

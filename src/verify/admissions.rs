@@ -10,13 +10,13 @@
 
 use super::rate_limit_shmem;
 use crate::pg::clock;
+use crate::rate_limit::Taken as Admission;
 use pgrx::pg_sys;
 use std::cell::{Cell, RefCell};
 
 struct Taken {
     key: [u8; 16],
-    /// The end of the window the admission was counted in.
-    window_end: i64,
+    admission: Admission,
     /// The subtransaction that took it: rolling that back gives it back.
     subxact: pg_sys::SubTransactionId,
 }
@@ -27,7 +27,7 @@ thread_local! {
 }
 
 /// Remember an admission counted in shared memory, until the transaction ends.
-pub fn taken(key: &[u8; 16], window_end: i64) {
+pub fn taken(key: &[u8; 16], admission: Admission) {
     if !CALLBACKS.with(|c| c.replace(true)) {
         // SAFETY: registers plain callbacks for this backend's transaction events.
         unsafe {
@@ -40,24 +40,24 @@ pub fn taken(key: &[u8; 16], window_end: i64) {
     TAKEN.with(|t| {
         t.borrow_mut().push(Taken {
             key: *key,
-            window_end,
+            admission,
             subxact,
         })
     });
 }
 
 /// Give back an admission now (a later check refused the verification), and forget it.
-pub fn give_back_now(key: &[u8; 16], window_end: i64) {
+pub fn give_back_now(key: &[u8; 16], admission: Admission) {
     TAKEN.with(|t| {
         let mut t = t.borrow_mut();
         if let Some(i) = t
             .iter()
-            .rposition(|x| x.key == *key && x.window_end == window_end)
+            .rposition(|x| x.key == *key && x.admission == admission)
         {
             t.remove(i);
         }
     });
-    rate_limit_shmem::give_back(key, window_end, clock::now());
+    rate_limit_shmem::give_back(key, admission, clock::now());
 }
 
 fn give_back_where(keep: impl Fn(&Taken) -> bool) {
@@ -71,8 +71,10 @@ fn give_back_where(keep: impl Fn(&Taken) -> bool) {
         return;
     }
     let now = clock::now();
-    for x in returned {
-        rate_limit_shmem::give_back(&x.key, x.window_end, now);
+    // Newest first, so that the admission that opened a window is given back last and can put
+    // back the window it replaced.
+    for x in returned.into_iter().rev() {
+        rate_limit_shmem::give_back(&x.key, x.admission, now);
     }
 }
 

@@ -18,7 +18,7 @@
 //! key has no window open in the table, so a window is never counted in both places.
 
 use crate::gucs::RATE_LIMIT_SLOTS;
-use crate::rate_limit::{self, Window};
+use crate::rate_limit::{self, Taken, Window};
 use pgrx::pg_sys;
 use pgrx::pg_sys::Oid;
 use std::ffi::CStr;
@@ -142,8 +142,8 @@ fn shared() -> &'static Shared {
 pub enum Decision {
     Admitted {
         admitted: i32,
-        /// The end of the window it was counted in.
-        window_end: i64,
+        /// How to give it back.
+        taken: Taken,
     },
     Refused {
         window_end: i64,
@@ -245,16 +245,16 @@ pub fn admit(key: &[u8; 16], max: i32, opens_until: i64, now: i64, opening: Open
             return Decision::NoRoom;
         };
         match rate_limit::admit(stored, max, opens_until, now) {
-            rate_limit::Decision::Admitted(w) => {
+            rate_limit::Decision::Admitted { window, taken } => {
                 *slot = Slot {
                     key: *key,
-                    window_end: w.end,
-                    admitted: w.admitted,
+                    window_end: window.end,
+                    admitted: window.admitted,
                     database: database(),
                 };
                 Decision::Admitted {
-                    admitted: w.admitted,
-                    window_end: w.end,
+                    admitted: window.admitted,
+                    taken,
                 }
             }
             rate_limit::Decision::Refused { window_end } => Decision::Refused { window_end },
@@ -264,7 +264,7 @@ pub fn admit(key: &[u8; 16], max: i32, opens_until: i64, now: i64, opening: Open
 
 /// Give back one admission (the verification was refused later, or its transaction rolled
 /// back) in the window it was counted in (`rate_limit::give_back`).
-pub fn give_back(key: &[u8; 16], taken_in: i64, now: i64) {
+pub fn give_back(key: &[u8; 16], taken: Taken, now: i64) {
     with_slot(key, now, |slot, is_key, _| {
         if let Some(slot) = slot.filter(|_| is_key) {
             let w = rate_limit::give_back(
@@ -272,8 +272,11 @@ pub fn give_back(key: &[u8; 16], taken_in: i64, now: i64) {
                     end: slot.window_end,
                     admitted: slot.admitted,
                 },
-                taken_in,
+                taken,
             );
+            // A window closed again (its opening given back) keeps the key: slots never
+            // return to empty (see the module's comment).
+            slot.window_end = w.end;
             slot.admitted = w.admitted;
         }
     })

@@ -14,7 +14,7 @@ use crate::calendar::{self, Interval};
 use crate::error::{Error, OrRaise};
 use crate::pg::clock::timestamptz_arg;
 use crate::pg::spi;
-use crate::rate_limit::{self, Window};
+use crate::rate_limit::{self, Taken, Window};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
@@ -121,11 +121,12 @@ pub fn spend(
 #[derive(Clone, Copy)]
 pub enum Counter {
     SharedMemory {
-        window_end: i64,
+        taken: Taken,
     },
     /// The window as this transaction stored it (it holds the row's lock).
     Table {
         stored: Window,
+        taken: Taken,
     },
 }
 
@@ -137,14 +138,11 @@ pub enum Admission {
 impl Admission {
     fn of_shared_memory(decision: Decision, key: &[u8; 16], now: i64) -> Option<Admission> {
         match decision {
-            Decision::Admitted {
-                admitted,
-                window_end,
-            } => {
-                admissions::taken(key, window_end);
+            Decision::Admitted { admitted, taken } => {
+                admissions::taken(key, taken);
                 Some(Admission::Admitted {
                     admitted,
-                    counter: Counter::SharedMemory { window_end },
+                    counter: Counter::SharedMemory { taken },
                 })
             }
             Decision::Refused { window_end } => Some(Admission::Refused {
@@ -167,7 +165,8 @@ thread_local! {
 /// waived), and the operator is told once per backend that the slots are too few.
 fn uncountable() -> Admission {
     if !WARNED.with(|w| w.replace(true)) {
-        pgrx::warning!(
+        // The server log, not the client: the operator can act on it, the caller cannot.
+        pgrx::log!(
             "api_key: rate-limit windows do not fit in shared memory, and this transaction cannot count them in the table; raise api_key.rate_limit_slots"
         );
     }
@@ -246,6 +245,12 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
             lock.release();
             return uncountable();
         }
+        let admission = admit_in_table(key_id, max, opens_until, now);
+        // Only a transaction that counted the key in the table must keep others waiting.
+        if let Admission::Refused { .. } = admission {
+            lock.release();
+        }
+        return admission;
     }
     require_read_write();
     admit_in_table(key_id, max, opens_until, now)
@@ -310,11 +315,14 @@ fn admit_in_table(key_id: Uuid, max: i32, opens_until: i64, now: i64) -> Admissi
     Spi::connect_mut(|client| {
         let stored = locked_window(client, key_id);
         match rate_limit::admit(Some(stored), max, opens_until, now) {
-            rate_limit::Decision::Admitted(w) => {
-                store_window(client, key_id, w);
+            rate_limit::Decision::Admitted { window, taken } => {
+                store_window(client, key_id, window);
                 Admission::Admitted {
-                    admitted: w.admitted,
-                    counter: Counter::Table { stored: w },
+                    admitted: window.admitted,
+                    counter: Counter::Table {
+                        stored: window,
+                        taken,
+                    },
                 }
             }
             rate_limit::Decision::Refused { window_end } => Admission::Refused {
@@ -328,11 +336,9 @@ fn admit_in_table(key_id: Uuid, max: i32, opens_until: i64, now: i64) -> Admissi
 /// verification.
 pub fn undo_admission(key_id: Uuid, counter: Counter) {
     match counter {
-        Counter::SharedMemory { window_end } => {
-            admissions::give_back_now(key_id.as_bytes(), window_end)
-        }
-        Counter::Table { stored } => Spi::connect_mut(|client| {
-            store_window(client, key_id, rate_limit::give_back(stored, stored.end))
+        Counter::SharedMemory { taken } => admissions::give_back_now(key_id.as_bytes(), taken),
+        Counter::Table { stored, taken } => Spi::connect_mut(|client| {
+            store_window(client, key_id, rate_limit::give_back(stored, taken))
         }),
     }
 }
