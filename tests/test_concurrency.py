@@ -149,3 +149,43 @@ def test_an_open_transaction_does_not_hold_other_keys(service):
         a.execute("COMMIT")                   # writes a's due uses, in a's own transaction
         got = service.rows("SELECT id, last_used_at FROM api_key.keys WHERE id IN (%s, %s)", [x["id"], y["id"]])
         assert all(r["last_used_at"] is not None for r in got), got
+
+
+import pytest  # noqa: E402
+
+from helpers import SERVICE  # noqa: E402
+
+CHANGES = {
+    "disable": ("SELECT api_key_update(%s, enabled => false)", "DISABLED", None),
+    "revoke": ("SELECT api_key_revoke(%s)", "NOT_FOUND", None),
+    "narrow": ("SELECT api_key_update(%s, permissions => '{\"files\": [\"write\"]}')", "INSUFFICIENT_PERMISSIONS", 9),
+    "credits": ("SELECT api_key_credits_add(%s, 5)", "VALID", 13),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_verification_that_waited_answers_for_the_key_as_it_was_left(change, service, new_client):
+    """The documented pattern holds a key's row from api_key_authenticate to COMMIT. A second
+    verification of the key waits for it; if that transaction changed the key meanwhile
+    (disabled, revoked, narrowed, credited), the waiting one answers for the key as it was left,
+    never spends on a key that was taken away."""
+    sql, code, remaining = CHANGES[change]
+    made = create(service, reference_id=uid("wait"), remaining=10, permissions='{"files": ["read"]}')
+    holder, waiter = new_client(SERVICE), new_client(APP)
+    answer: dict = {}
+
+    def wait_and_verify():
+        answer.update(waiter.one("SELECT code, remaining FROM api_key_verify(%s, '{\"files\": [\"read\"]}')",
+                                 [made["key"]]))
+
+    with holder.tx() as conn:
+        assert conn.execute("SELECT code FROM api_key_verify(%s)", [made["key"]]).fetchone()["code"] == "VALID"
+        thread = threading.Thread(target=wait_and_verify)
+        thread.start()
+        time.sleep(0.3)
+        assert not answer, "the second verification should be waiting for the key's row"
+        conn.execute(sql, [made["id"]])
+    thread.join(timeout=10)
+    assert answer["code"] == code, answer
+    if remaining is not None:
+        assert answer["remaining"] == remaining

@@ -35,6 +35,8 @@ pub struct StoredKey {
     pub refill_anchor: Option<i64>,
     pub last_refill_at: Option<i64>,
     pub created_at: i64,
+    /// Changes with every management change of the key: a spend checks it is still the same.
+    pub updated_at: i64,
     pub last_used_at: Option<i64>,
 }
 
@@ -63,6 +65,7 @@ struct KeyColumns {
     refill_anchor: i32,
     last_refill_at: i32,
     created_at: i32,
+    updated_at: i32,
     last_used_at: i32,
 }
 
@@ -131,6 +134,7 @@ fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
                 refill_anchor: attnum_since_upgrade(keys, c"refill_anchor"),
                 last_refill_at: attnum(keys, c"last_refill_at"),
                 created_at: attnum(keys, c"created_at"),
+                updated_at: attnum(keys, c"updated_at"),
                 last_used_at: attnum(keys, c"last_used_at"),
             },
         )
@@ -432,6 +436,7 @@ pub fn find(lookup: &[u8; 32]) -> Option<StoredKey> {
                 .flatten(),
             last_refill_at: key.int8(kc.last_refill_at),
             created_at: key.int8(kc.created_at).unwrap_or(0),
+            updated_at: key.int8(kc.updated_at).unwrap_or(0),
             last_used_at: key.int8(kc.last_used_at),
         })
     }

@@ -135,7 +135,14 @@ fn held(key: &StoredKey) -> Permissions {
     jsonb::held_permissions(key.permissions.map(|d| unsafe { Jsonb::from_raw(d) }))
 }
 
+/// How often a verification reads a key that changed under it again before giving up (40001).
+const ATTEMPTS: usize = 3;
+
 /// Verify `key`; the shared core of `api_key_verify` and `api_key_authenticate`.
+///
+/// A key with credits is spent only as the version that was checked: when another transaction
+/// changed or revoked it meanwhile (this verification waited for its lock), the verification
+/// starts again from a new snapshot, so it answers for the key as that transaction left it.
 pub fn verify(
     key: Option<&str>,
     permissions: Option<Jsonb>,
@@ -143,23 +150,56 @@ pub fn verify(
     config_id: Option<&str>,
 ) -> Outcome {
     let (asked, cost) = requested(permissions, cost).or_raise();
+    if let Some(out) = verify_once(key, asked.as_ref(), cost, config_id) {
+        return out;
+    }
+    for _ in 1..ATTEMPTS {
+        // SAFETY: a new snapshot (in READ COMMITTED; the transaction's own in REPEATABLE READ,
+        // where the spend raised 40001 instead) pushed for the lookup and popped after it; an
+        // error in between aborts the transaction, which resets the snapshot stack.
+        let again = unsafe {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let again = verify_once(key, asked.as_ref(), cost, config_id);
+            pg_sys::PopActiveSnapshot();
+            again
+        };
+        if let Some(out) = again {
+            return out;
+        }
+    }
+    Error::new(
+        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "api_key: the key kept changing while it was being verified",
+    )
+    .hint("Retry the transaction.")
+    .raise()
+}
+
+/// One verification; None when the key changed under it before its credits were spent (and
+/// nothing was consumed).
+fn verify_once(
+    key: Option<&str>,
+    asked: Option<&Permissions>,
+    cost: i32,
+    config_id: Option<&str>,
+) -> Option<Outcome> {
     let Some(found) = key.and_then(find) else {
-        return Outcome::not_found();
+        return Some(Outcome::not_found());
     };
     // A key asked for under another configuration is not one we know there.
     if config_id.is_some_and(|c| found.config_id != c) {
-        return Outcome::not_found();
+        return Some(Outcome::not_found());
     }
     if !found.enabled {
-        return Outcome::with_key(Code::Disabled, found);
+        return Some(Outcome::with_key(Code::Disabled, found));
     }
     let now = clock::now();
     if found.expires_at.is_some_and(|at| now >= at) {
-        return Outcome::with_key(Code::Expired, found);
+        return Some(Outcome::with_key(Code::Expired, found));
     }
-    if let Some(asked) = &asked {
+    if let Some(asked) = asked {
         if !held(&found).grants(asked) {
-            return Outcome::with_key(Code::InsufficientPermissions, found);
+            return Some(Outcome::with_key(Code::InsufficientPermissions, found));
         }
     }
     let writes =
@@ -174,10 +214,11 @@ pub fn verify(
             .is_some_and(|at| at <= now)
             .then_some(since)
     });
-    let (rate_limit, has_credits, last_used_at) = (
+    let (rate_limit, has_credits, last_used_at, updated_at) = (
         found.rate_limit,
         found.remaining.is_some(),
         found.last_used_at,
+        found.updated_at,
     );
     let mut out = Outcome::with_key(Code::Valid, found);
 
@@ -192,26 +233,32 @@ pub fn verify(
                 out.code = Code::RateLimited;
                 out.rate_limit_remaining = Some(0);
                 out.retry_after_ms = Some(retry_after_ms);
-                return out;
+                return Some(out);
             }
         }
     }
     if has_credits {
-        match usage::spend(key_id, cost, refill_due, now) {
-            Ok(left) => out.remaining = left,
-            Err(left) => {
+        match usage::spend(key_id, cost, refill_due, now, updated_at) {
+            usage::Spend::Spent(left) => out.remaining = left,
+            usage::Spend::TooFew(left) => {
                 if let Some(counter) = counted {
                     usage::undo_admission(key_id, counter);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
                 out.remaining = left;
                 out.code = Code::UsageExceeded;
-                return out;
+                return Some(out);
+            }
+            usage::Spend::KeyChanged => {
+                if let Some(counter) = counted {
+                    usage::undo_admission(key_id, counter);
+                }
+                return None;
             }
         }
     }
     last_used::record(key_id, last_used_at, now);
-    out
+    Some(out)
 }
 
 fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {

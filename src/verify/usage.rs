@@ -40,7 +40,10 @@ const WINDOW_STORE: &str = "
 // A refill happens only if the key still has the refill time `verify` read ($4): of two
 // concurrent verifications at the boundary, the second sees the first's refill (READ
 // COMMITTED re-checks the newest row version) and does not refill again. The WHERE is
-// re-checked the same way, so remaining never goes below zero.
+// re-checked the same way, so remaining never goes below zero; and it spends only if the key
+// is still the version `verify` checked ($6, updated_at, which every management change moves):
+// a verification that waited for another transaction's lock on the key must not spend on a
+// key that transaction disabled, revoked or narrowed.
 const SPEND: &str = "
     UPDATE api_key.keys AS k SET
            remaining = (CASE WHEN $3 AND COALESCE(k.last_refill_at, k.created_at) OPERATOR(pg_catalog.=) $4
@@ -52,10 +55,12 @@ const SPEND: &str = "
        AND (CASE WHEN $3 AND COALESCE(k.last_refill_at, k.created_at) OPERATOR(pg_catalog.=) $4
                  THEN GREATEST(k.remaining, k.refill_amount) ELSE k.remaining END)
            OPERATOR(pg_catalog.>=) GREATEST($2, 1::pg_catalog.int8)
+       AND k.updated_at OPERATOR(pg_catalog.=) $6
     RETURNING k.remaining";
 
+// After a spend that updated nothing: the key as it is now (a new snapshot in READ COMMITTED).
 const CREDITS_LEFT: &str =
-    "SELECT k.remaining FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
+    "SELECT k.remaining, k.updated_at FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
 
 /// The first column of the first row a statement returns; None when it returns no row.
 fn first<T: pgrx::FromDatum + pgrx::IntoDatum>(
@@ -92,14 +97,25 @@ pub fn require_read_write() {
     }
 }
 
-/// Spend `cost` credits, refilling first when `refill_due` (the refill time `verify` read):
-/// `Ok(left)` when admitted, `Err(left)` when there were too few.
+/// What a spend did.
+pub enum Spend {
+    /// Spent; the credits left.
+    Spent(Option<i64>),
+    /// Too few credits: nothing spent; the credits left.
+    TooFew(Option<i64>),
+    /// The key changed (or went) since `verify` read it: nothing spent; verify it again.
+    KeyChanged,
+}
+
+/// Spend `cost` credits of the key as `verify` read it (`updated_at`), refilling first when
+/// `refill_due` (the refill time `verify` read).
 pub fn spend(
     key_id: Uuid,
     cost: i32,
     refill_due: Option<i64>,
     now: i64,
-) -> Result<Option<i64>, Option<i64>> {
+    updated_at: i64,
+) -> Spend {
     use crate::pg::oids::*;
     Spi::connect_mut(|client| {
         let args = [
@@ -108,11 +124,37 @@ pub fn spend(
             refill_due.is_some().into(),
             timestamptz_arg(refill_due),
             timestamptz_arg(Some(now)),
+            timestamptz_arg(Some(updated_at)),
         ];
-        let types = [UUIDOID, INT8OID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID];
-        match first::<i64>(client, SPEND, &types, &args) {
-            Some(left) => Ok(left),
-            None => Err(first::<i64>(client, CREDITS_LEFT, &[UUIDOID], &[key_id.into()]).flatten()),
+        let types = [
+            UUIDOID,
+            INT8OID,
+            BOOLOID,
+            TIMESTAMPTZOID,
+            TIMESTAMPTZOID,
+            TIMESTAMPTZOID,
+        ];
+        if let Some(left) = first::<i64>(client, SPEND, &types, &args) {
+            return Spend::Spent(left);
+        }
+        let statement = spi::statement(client, CREDITS_LEFT, &[UUIDOID], true).or_raise();
+        let rows = client
+            .update(&*statement, Some(1), &[key_id.into()])
+            .unwrap_or_else(|e| spi::failed(e).raise());
+        if rows.is_empty() {
+            return Spend::KeyChanged;
+        }
+        let row = rows.first();
+        let left = row.get::<i64>(1).ok().flatten();
+        let now_updated = row
+            .get::<pgrx::datum::TimestampWithTimeZone>(2)
+            .ok()
+            .flatten()
+            .map(crate::pg::clock::micros_of);
+        if now_updated != Some(updated_at) {
+            Spend::KeyChanged
+        } else {
+            Spend::TooFew(left)
         }
     })
 }
