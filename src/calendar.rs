@@ -210,28 +210,30 @@ pub fn next_point_after(anchor: i64, period: Interval, t: i64) -> Option<i64> {
         return None;
     }
     if period.months == 0 {
-        // A fixed length in UTC: the grid is exact.
-        let length = period.days as i64 * MICROS_PER_DAY + period.micros;
-        let k = (t - anchor).div_euclid(length) + 1;
-        return in_range(anchor.checked_add(k.checked_mul(length)?)?);
+        // A fixed length in UTC: the grid is exact. In i128: neither the length of an
+        // interval PostgreSQL accepts nor the distance between two timestamps fits i64.
+        let length = period.days as i128 * MICROS_PER_DAY as i128 + period.micros as i128;
+        if length <= 0 {
+            return None;
+        }
+        let k = (t as i128 - anchor as i128).div_euclid(length) + 1;
+        let point = i64::try_from(anchor as i128 + k * length).ok()?;
+        return in_range(point);
     }
     let point = |k: i64| -> Option<i64> {
         let months = i32::try_from(k.checked_mul(period.months as i64)?).ok()?;
         add(anchor, Interval::new(months, 0, 0))
     };
-    // Whole months from the anchor's month to t's, divided by the period: within one step of
-    // the answer, then walked to it.
+    // Point q is in t's month or before it (whole months from the anchor's month to t's,
+    // divided by the period), point q - 1 is in an earlier month than t, point q + 1 in a
+    // later one: the answer is q or q + 1.
     let (ya, ma, _) = j2date(split(anchor).0);
     let (yt, mt, _) = j2date(split(t).0);
-    let months_between = (yt * 12 + mt) - (ya * 12 + ma);
-    let mut k = months_between.div_euclid(period.months as i64) - 1;
-    while point(k)? > t {
-        k -= 1;
+    let q = ((yt * 12 + mt) - (ya * 12 + ma)).div_euclid(period.months as i64);
+    match point(q) {
+        Some(p) if p > t => Some(p),
+        _ => point(q + 1),
     }
-    while point(k + 1)? <= t {
-        k += 1;
-    }
-    point(k + 1)
 }
 
 /// Unix microseconds of a PostgreSQL timestamp.
@@ -413,6 +415,19 @@ mod tests {
                 .map(|p| (p - monday) % (7 * MICROS_PER_DAY)),
             Some(0)
         );
+    }
+
+    #[test]
+    fn huge_periods_and_distant_times_never_overflow() {
+        let huge = Interval::new(0, 106_751_992, i64::MAX - 1_000_000);
+        assert_eq!(next_point_after(0, huge, 5), None);
+        assert_eq!(
+            next_point_after(MIN_TIMESTAMP, Interval::new(0, 0, 1), END_TIMESTAMP - 1),
+            None
+        );
+        let first_month = date2j(-4713, 12, 1);
+        let anchor = (first_month - POSTGRES_EPOCH_JDATE) * MICROS_PER_DAY;
+        assert!(next_point_after(anchor, Interval::new(1, 0, 0), MIN_TIMESTAMP).is_some());
     }
 
     #[test]

@@ -155,6 +155,10 @@ pub fn anchored(refill: Option<Refill>, anchor: Option<i64>) -> Result<Option<Re
     if let Some(problem) = calendar::schedule_problem(refill.interval) {
         return Err(format!("refill_interval {problem}"));
     }
+    // An interval kept from before periods were bounded (0.1.0) is checked here too.
+    if refill.interval.comparable() > MAX_PERIOD.comparable() {
+        return Err("refill_interval must be at most 10 years when refill_anchor is set".into());
+    }
     Ok(Some(Refill {
         anchor: Some(anchor),
         ..refill
@@ -251,10 +255,13 @@ fn wider_refill(before: &Limits, after: &Limits) -> bool {
         (_, None) => false,
         // Unlimited credits before: any refill is a limit.
         (None, Some(_)) => before.remaining.is_some(),
-        // A new or moved schedule can bring the next refill forward.
-        (Some(b), Some(a)) => {
-            a.amount > b.amount || !a.interval.at_least(&b.interval) || a.anchor != b.anchor
+        // On a calendar schedule the points depend on the interval and the anchor together: a
+        // longer interval kept on the same anchor can bring the next refill forward. So any
+        // change of either counts, whenever a schedule is involved.
+        (Some(b), Some(a)) if a.anchor.is_some() || b.anchor.is_some() => {
+            a.amount > b.amount || a.interval != b.interval || a.anchor != b.anchor
         }
+        (Some(b), Some(a)) => a.amount > b.amount || !a.interval.at_least(&b.interval),
     }
 }
 
@@ -497,5 +504,26 @@ mod tests {
         assert!(rate_limit_from(true, Some(5), None).is_err());
         assert_eq!(rate_limit_from(false, Some(5), None), Ok(None));
         assert!(rate_limit_from(false, Some(-1), None).is_err());
+    }
+
+    #[test]
+    fn any_change_of_a_schedule_is_a_lift() {
+        let scheduled = |interval: Interval, anchor: i64| Limits {
+            refill: Some(Refill {
+                amount: 100,
+                interval,
+                anchor: Some(anchor),
+            }),
+            ..base()
+        };
+        let before = scheduled(day(1), 0);
+        // A longer interval on the same anchor moves the points, possibly nearer.
+        assert_eq!(
+            lifted(&before, &scheduled(Interval::new(0, 1, 3_600_000_000), 0)),
+            vec![Field::Refill]
+        );
+        assert_eq!(lifted(&before, &scheduled(day(1), 1)), vec![Field::Refill]);
+        assert_eq!(lifted(&before, &base()), vec![Field::Refill]);
+        assert!(lifted(&before, &before).is_empty());
     }
 }

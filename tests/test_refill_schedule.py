@@ -75,8 +75,13 @@ def test_update_moves_keeps_or_clears_the_schedule(service, su, app):
     assert service.one("SELECT refill_anchor FROM api_key_update(%s, refill_amount => 20)", [key["id"]]
                        )["refill_anchor"] is not None
     expect_error("22023", service.rows, "SELECT api_key_update(%s, refill_interval => '1 month 2 days')", [key["id"]])
-    # An actor may not move its own schedule (it could bring a refill forward).
+    # An actor may not move its own schedule (it could bring a refill forward), nor lengthen its
+    # interval on the same anchor (the points move too, maybe nearer).
     expect_error("42501", app.rows, "SELECT api_key_update(%s, refill_anchor => now())", [key["id"]], actor=owner)
+    expect_error("42501", app.rows, "SELECT api_key_update(%s, refill_interval => '40 days')", [key["id"]],
+                 actor=owner)
+    expect_error("42501", app.rows, "SELECT api_key_update(%s, refill_interval => '2 months')", [key["id"]],
+                 actor=owner)
     assert service.one("SELECT refill_anchor FROM api_key_update(%s, clear => '{refill_anchor}')", [key["id"]]
                        )["refill_anchor"] is None
     expect_error("22023", service.rows, "SELECT api_key_update(%s, refill_anchor => now(), clear => '{refill}')",
@@ -96,3 +101,13 @@ def test_a_configuration_schedules_the_refills_of_its_keys(service, su):
     service.rows("SELECT api_key_config_update(%s, '{\"refill_anchor\": null}')", [cfg])
     later = create(service, reference_id=uid("sched"), config_id=cfg)
     assert su.val("SELECT refill_anchor FROM api_key.keys WHERE id = %s", [later["id"]]) is None
+
+
+def test_next_refill_of_any_row_is_an_answer_never_an_internal_error(su):
+    """api_key_next_refill_at takes any row of the type, even one no function would store."""
+    crafted = ("SELECT api_key_next_refill_at(jsonb_populate_record(NULL::api_key.keys, %s::jsonb))::text AS at")
+    for row in ['{"last_refill_at": "2026-01-01+00", "refill_anchor": "2026-01-01+00", '
+                '"refill_interval": "106751992 days 9223371964909551616 microseconds"}',
+                '{"created_at": "294276-12-31+00", "refill_anchor": "4713-01-01 BC", "refill_interval": "1 second"}',
+                '{"created_at": "2026-01-01+00", "refill_interval": "-1 day", "refill_anchor": "2026-01-01+00"}']:
+        su.rows(crafted, [row])   # no error (NULL when there is no point in range)

@@ -109,13 +109,7 @@ pub enum Spend {
 
 /// Spend `cost` credits of the key as `verify` read it (`updated_at`), refilling first when
 /// `refill_due` (the refill time `verify` read).
-pub fn spend(
-    key_id: Uuid,
-    cost: i32,
-    refill_due: Option<i64>,
-    now: i64,
-    updated_at: i64,
-) -> Spend {
+pub fn spend(key_id: Uuid, cost: i32, refill_due: Option<i64>, now: i64, updated_at: i64) -> Spend {
     use crate::pg::oids::*;
     Spi::connect_mut(|client| {
         let args = [

@@ -177,6 +177,9 @@ def upgraded(request, tmp_path_factory):
                     outcomes[sig] = e.sqlstate
                 assert c.execute("SELECT 1 AS alive").fetchone()["alive"] == 1, sig
         result["old_functions_with_new_library"] = outcomes
+        # Verification keeps working in that window, with the same answers (docs/releasing.md).
+        with connect(port, "v010") as c:
+            result["answers_between"] = c.execute(ANSWER).fetchall()
 
         with connect(port, "v010") as c:
             c.execute("ALTER EXTENSION api_key UPDATE")
@@ -224,6 +227,10 @@ def test_every_key_verifies_with_the_same_answer(upgraded):
     codes = {a["label"]: a["code"] for a in upgraded["answers_after"]}
     assert codes["plain"] == codes["argon2id"] == codes["rotated_old"] == codes["rotated_new"] == "VALID"
     assert codes["disabled"] == "DISABLED" and codes["expired"] == "EXPIRED" and codes["revoked"] == "NOT_FOUND"
+
+
+def test_keys_verify_between_installing_the_package_and_the_update(upgraded):
+    assert upgraded["answers_between"] == upgraded["answers_before"]
 
 
 def test_nothing_is_lost_or_changed(upgraded):
