@@ -1,6 +1,7 @@
 -- api_key 0.2.0 → 0.3.0. Once released, never edit this file; fix forward in the next script.
 --
--- 0.3.0 adds the service's credit operations (add, subtract, set) and refills on a calendar
+-- 0.3.0 adds reset_at to api_key.verification, the service's credit operations (add,
+-- subtract, set) and refills on a calendar
 -- schedule: a refill_anchor column in api_key.keys and api_key.configs, a refill_anchor
 -- argument at the end of api_key_create, api_key_update and api_key_config_create (which are
 -- therefore dropped and created again: their oids change), and api_key_next_refill_at(k).
@@ -52,6 +53,9 @@ COMMENT ON FUNCTION @extschema@.api_key_credits_subtract(uuid, bigint, text) IS
     'Subtract amount credits from a key, atomically, never below zero (22023, nothing taken); returns the balance after. Audited with reason. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_credits_set(uuid, bigint, text) IS
     'Set a key''s credit balance (NULL: unlimited, unless it has a refill); returns it. Audited with reason. Service only.';
+
+-- What a caller needs to answer an HTTP request: when the refusing limit resets.
+ALTER TYPE api_key.verification ADD ATTRIBUTE reset_at timestamptz;
 
 -- Calendar refills.
 ALTER TABLE api_key.configs ADD COLUMN refill_anchor timestamptz,

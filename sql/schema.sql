@@ -188,7 +188,9 @@ CREATE TYPE api_key.verification AS (
     remaining            bigint,
     rate_limit_remaining integer,
     retry_after_ms       bigint,
-    expires_at           timestamptz
+    expires_at           timestamptz,
+    -- 0.3.0: when the limit that refused resets (a valid call: its rate-limit window).
+    reset_at             timestamptz
 );
 COMMENT ON TYPE api_key.verification IS 'Result of api_key_verify: one row, valid or not, with a code';
 

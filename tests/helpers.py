@@ -145,7 +145,7 @@ def random_body(n: int) -> str:
 
 VERIFY_COLUMNS = ["valid", "code", "key_id", "reference_type", "reference_id", "config_id", "name",
                   "permissions", "metadata", "remaining", "rate_limit_remaining", "retry_after_ms",
-                  "expires_at"]
+                  "expires_at", "reset_at"]
 
 
 def verify(client: Client, key, permissions=None, cost=None, config_id=None, actor=None) -> dict:

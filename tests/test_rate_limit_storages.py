@@ -199,3 +199,19 @@ def test_a_call_that_is_given_back_never_starts_a_window(storage, refusal):
         assert check(c, key)["code"] == "VALID"           # opens the window now
         time.sleep(1.2)
         assert check(c, key)["code"] == "RATE_LIMITED"    # 2.4 s after the first call, 1.2 s into this window
+
+
+def test_reset_at_is_the_end_of_the_window(storage):
+    """For X-RateLimit-Reset: a valid call reports when its window resets, a refused one when it
+    may try again; a key without a rate limit reports none."""
+    with storage() as c:
+        key = new_key(c, 1, window="1 hour")
+        valid = c.execute("SELECT code, reset_at FROM api_key_verify(%s)", [key]).fetchone()
+        refused = c.execute("SELECT code, reset_at, retry_after_ms FROM api_key_verify(%s)", [key]).fetchone()
+        assert (valid["code"], refused["code"]) == ("VALID", "RATE_LIMITED")
+        assert refused["reset_at"] == valid["reset_at"]
+        left = c.execute("SELECT extract(epoch FROM %s - clock_timestamp()) * 1000 AS ms", [valid["reset_at"]]
+                         ).fetchone()["ms"]
+        assert abs(float(left) - refused["retry_after_ms"]) < 2_000
+        plain = c.execute("SELECT key FROM api_key_create('u')").fetchone()["key"]
+        assert c.execute("SELECT reset_at FROM api_key_verify(%s)", [plain]).fetchone()["reset_at"] is None

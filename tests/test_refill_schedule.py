@@ -111,3 +111,19 @@ def test_next_refill_of_any_row_is_an_answer_never_an_internal_error(su):
                 '{"created_at": "294276-12-31+00", "refill_anchor": "4713-01-01 BC", "refill_interval": "1 second"}',
                 '{"created_at": "2026-01-01+00", "refill_interval": "-1 day", "refill_anchor": "2026-01-01+00"}']:
         su.rows(crafted, [row])   # no error (NULL when there is no point in range)
+
+
+def test_usage_exceeded_says_when_credits_come_back(service, su):
+    """USAGE_EXCEEDED carries the next refill as reset_at and retry_after_ms (an HTTP 429's
+    Retry-After), when waiting for it helps."""
+    refilled = create(service, reference_id=uid("sched"), remaining=0, refill_amount=5, refill_interval="1 hour")
+    row = service.one("SELECT code, reset_at, retry_after_ms FROM api_key_verify(%s)", [refilled["key"]])
+    assert row["code"] == "USAGE_EXCEEDED"
+    assert row["reset_at"] == next_refill(su, refilled["id"])
+    assert 3_500_000 < row["retry_after_ms"] <= 3_600_000
+    # A cost no refill can cover, or no refill at all: waiting does not help.
+    row = service.one("SELECT code, reset_at, retry_after_ms FROM api_key_verify(%s, cost => 6)", [refilled["key"]])
+    assert (row["code"], row["reset_at"], row["retry_after_ms"]) == ("USAGE_EXCEEDED", None, None)
+    spent = create(service, reference_id=uid("sched"), remaining=0)
+    row = service.one("SELECT code, reset_at, retry_after_ms FROM api_key_verify(%s)", [spent["key"]])
+    assert (row["code"], row["reset_at"], row["retry_after_ms"]) == ("USAGE_EXCEEDED", None, None)

@@ -64,6 +64,8 @@ pub struct Outcome {
     pub remaining: Option<i64>,
     pub rate_limit_remaining: Option<i32>,
     pub retry_after_ms: Option<i64>,
+    /// When the limit that refused (or, for a valid call, the rate-limit window) resets.
+    pub reset_at: Option<i64>,
 }
 
 impl Outcome {
@@ -75,6 +77,7 @@ impl Outcome {
             remaining,
             rate_limit_remaining: None,
             retry_after_ms: None,
+            reset_at: None,
         }
     }
 
@@ -85,6 +88,7 @@ impl Outcome {
             remaining: None,
             rate_limit_remaining: None,
             retry_after_ms: None,
+            reset_at: None,
         }
     }
 }
@@ -220,6 +224,14 @@ fn verify_once(
         found.last_used_at,
         found.updated_at,
     );
+    let next_refill = found.refill_interval.and_then(|interval| {
+        crate::rules::next_refill(
+            interval,
+            found.refill_anchor,
+            found.last_refill_at.unwrap_or(found.created_at),
+        )
+    });
+    let refill_amount = found.refill_amount.unwrap_or(0);
     let mut out = Outcome::with_key(Code::Valid, found);
 
     let mut counted = None;
@@ -227,12 +239,17 @@ fn verify_once(
         match usage::admit(key_id, max, window, now) {
             Admission::Admitted { admitted, counter } => {
                 out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
+                out.reset_at = Some(counter.window_end());
                 counted = Some(counter);
             }
-            Admission::Refused { retry_after_ms } => {
+            Admission::Refused {
+                retry_after_ms,
+                window_end,
+            } => {
                 out.code = Code::RateLimited;
                 out.rate_limit_remaining = Some(0);
                 out.retry_after_ms = Some(retry_after_ms);
+                out.reset_at = window_end;
                 return Some(out);
             }
         }
@@ -247,6 +264,9 @@ fn verify_once(
                 }
                 out.remaining = left;
                 out.code = Code::UsageExceeded;
+                // Credits come back at the next refill, if one is still to come and enough.
+                out.reset_at = next_refill.filter(|&at| at > now && refill_amount >= cost as i64);
+                out.retry_after_ms = out.reset_at.map(|at| rate_limit::retry_after_ms(at, now));
                 return Some(out);
             }
             usage::Spend::KeyChanged => {
@@ -296,7 +316,11 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
         out.rate_limit_remaining.into_datum(),
         out.retry_after_ms.into_datum(),
         expires_at,
+        out.reset_at.map(pg_sys::Datum::from),
     ];
+    // A database still on the previous release's type (between installing the package and
+    // ALTER EXTENSION UPDATE) has fewer columns: fill those it has.
+    let datums = datums.into_iter().take(desc.len());
     // SAFETY: the datums follow the column types of api_key.verification, in order (jsonb
     // values are detoasted copies; expires_at is a timestamptz by value).
     unsafe { PgHeapTuple::from_datums(desc, datums) }.unwrap_or_else(|e| {

@@ -166,9 +166,25 @@ pub enum Counter {
     },
 }
 
+impl Counter {
+    /// The end of the window the admission was counted in.
+    pub fn window_end(&self) -> i64 {
+        match self {
+            Counter::SharedMemory { taken } | Counter::Table { taken, .. } => taken.window_end,
+        }
+    }
+}
+
 pub enum Admission {
-    Admitted { admitted: i32, counter: Counter },
-    Refused { retry_after_ms: i64 },
+    Admitted {
+        admitted: i32,
+        counter: Counter,
+    },
+    /// `window_end`: when the full window closes (None when it could not be counted at all).
+    Refused {
+        retry_after_ms: i64,
+        window_end: Option<i64>,
+    },
 }
 
 impl Admission {
@@ -183,6 +199,7 @@ impl Admission {
             }
             Decision::Refused { window_end } => Some(Admission::Refused {
                 retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+                window_end: Some(window_end),
             }),
             Decision::Closed | Decision::NoRoom => None,
         }
@@ -208,6 +225,7 @@ fn uncountable() -> Admission {
     }
     Admission::Refused {
         retry_after_ms: UNCOUNTABLE_RETRY_MS,
+        window_end: None,
     }
 }
 
@@ -363,6 +381,7 @@ fn admit_in_table(key_id: Uuid, max: i32, opens_until: i64, now: i64) -> Admissi
             }
             rate_limit::Decision::Refused { window_end } => Admission::Refused {
                 retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+                window_end: Some(window_end),
             },
         }
     })
