@@ -189,3 +189,71 @@ def test_a_verification_that_waited_answers_for_the_key_as_it_was_left(change, s
     assert answer["code"] == code, answer
     if remaining is not None:
         assert answer["remaining"] == remaining
+
+
+@pytest.mark.parametrize("change", ["disable", "revoke", "narrow"])
+def test_a_rate_limited_verification_that_waited_answers_for_the_key_as_it_was_left(change, service, new_client,
+                                                                                     su):
+    """Without preloading a rate-limited key's window is a row: a second verification waits for
+    it, and then answers for the key as the first transaction left it; a revoked key's window
+    does not outlive it."""
+    sql, code, _ = CHANGES[change]
+    made = create(service, reference_id=uid("wait"), rate_limit_max=5, rate_limit_window="1 hour",
+                  permissions='{"files": ["read"]}')
+    holder, waiter = new_client(SERVICE), new_client(APP)
+    answer: dict = {}
+
+    def wait_and_verify():
+        answer.update(waiter.one("SELECT code FROM api_key_verify(%s, '{\"files\": [\"read\"]}')", [made["key"]]))
+
+    with holder.tx() as conn:
+        assert conn.execute("SELECT code FROM api_key_verify(%s)", [made["key"]]).fetchone()["code"] == "VALID"
+        thread = threading.Thread(target=wait_and_verify)
+        thread.start()
+        time.sleep(0.3)
+        assert not answer, "the second verification should be waiting for the key's window"
+        conn.execute(sql, [made["id"]])
+    thread.join(timeout=10)
+    assert answer["code"] == code, answer
+    if change == "revoke":
+        assert su.val("SELECT count(*) FROM api_key.rate_limit_windows WHERE key_id = %s", [made["id"]]) == 0
+
+
+def test_a_revoke_never_deadlocks_with_a_verification_waiting_for_the_key(service, new_client):
+    """A verification holds the key's window and waits for the key; the transaction holding the
+    key revokes it: the revoke does not wait for the window, so neither side gets 40P01."""
+    made = create(service, reference_id=uid("wait"), remaining=10, rate_limit_max=5, rate_limit_window="1 hour")
+    service.rows("SELECT api_key_verify(%s)", [made["key"]])      # the window row exists
+    holder, waiter = new_client(SERVICE), new_client(APP)
+    answer: dict = {}
+
+    def wait_and_verify():
+        answer.update(waiter.one("SELECT code FROM api_key_verify(%s)", [made["key"]]))
+
+    with holder.tx() as conn:
+        conn.execute("SELECT api_key_update(%s, name => 'x')", [made["id"]])   # holds the key's row
+        thread = threading.Thread(target=wait_and_verify)
+        thread.start()
+        time.sleep(0.3)
+        assert conn.execute("SELECT api_key_revoke(%s) AS r", [made["id"]]).fetchone()["r"] is True
+    thread.join(timeout=10)
+    assert answer["code"] == "NOT_FOUND", answer
+
+
+def test_usage_exceeded_after_another_took_the_refill_says_when_the_next_comes(service, new_client, su):
+    made = create(service, reference_id=uid("wait"), remaining=0, refill_amount=1, refill_interval="1 hour")
+    su.rows("UPDATE api_key.keys SET last_refill_at = now() - interval '2 hours' WHERE id = %s", [made["id"]])
+    holder, waiter = new_client(SERVICE), new_client(APP)
+    answer: dict = {}
+
+    def wait_and_verify():
+        answer.update(waiter.one("SELECT code, reset_at, retry_after_ms FROM api_key_verify(%s)", [made["key"]]))
+
+    with holder.tx() as conn:
+        assert conn.execute("SELECT code FROM api_key_verify(%s)", [made["key"]]).fetchone()["code"] == "VALID"
+        thread = threading.Thread(target=wait_and_verify)
+        thread.start()
+        time.sleep(0.3)
+    thread.join(timeout=10)
+    assert answer["code"] == "USAGE_EXCEEDED"
+    assert answer["reset_at"] is not None and 3_000_000 < answer["retry_after_ms"] <= 3_600_000

@@ -16,9 +16,16 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
+// The key's rate-limit window goes too, unless a verification holds it: never waiting for it
+// keeps the lock order one way (a verification locks the window, then the key), so a revoke
+// cannot deadlock with a verification; that verification finds the key gone and deletes the
+// window itself, and api_key_delete_expired removes any left over.
 const REVOKE: &str = "
     WITH gone AS (DELETE FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1 RETURNING k.name, k.start),
-         windows AS (DELETE FROM api_key.rate_limit_windows AS w WHERE w.key_id OPERATOR(pg_catalog.=) $1)
+         window_rows AS (SELECT l.ctid FROM api_key.rate_limit_windows AS l
+                          WHERE l.key_id OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED),
+         windows AS (DELETE FROM api_key.rate_limit_windows AS w USING window_rows
+                      WHERE w.ctid OPERATOR(pg_catalog.=) window_rows.ctid)
     SELECT pg_catalog.jsonb_build_object('name', gone.name, 'start', gone.start)::pg_catalog.text FROM gone";
 
 /// Revoke a key: it is deleted (with its hashes) and verifies as NOT_FOUND from then on.
@@ -151,8 +158,14 @@ const DELETE_EXPIRED: &str = "
                       WHERE s.expires_at OPERATOR(pg_catalog.<=) $1
                         AND s.key_id OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT id FROM keys))
                   RETURNING s.key_id),
-         windows AS (DELETE FROM api_key.rate_limit_windows AS w
-                      WHERE w.key_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM keys)))
+         -- The windows of these keys and of keys already gone, unless a verification holds
+         -- them (see REVOKE).
+         window_rows AS (SELECT l.ctid FROM api_key.rate_limit_windows AS l
+                          WHERE l.key_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT id FROM keys))
+                             OR NOT EXISTS (SELECT FROM api_key.keys AS o WHERE o.id OPERATOR(pg_catalog.=) l.key_id)
+                            FOR UPDATE OF l SKIP LOCKED),
+         windows AS (DELETE FROM api_key.rate_limit_windows AS w USING window_rows
+                      WHERE w.ctid OPERATOR(pg_catalog.=) window_rows.ctid)
     SELECT (SELECT pg_catalog.count(*) FROM keys), (SELECT pg_catalog.count(*) FROM secrets)";
 
 /// Delete expired keys and rotated-away secrets past their grace. Returns how many of both

@@ -102,12 +102,10 @@ unsafe fn attnum_since_upgrade(relid: Oid, name: &CStr) -> i32 {
 fn columns(secrets: Oid, keys: Oid) -> (SecretColumns, KeyColumns) {
     if let Some(mut c) = COLUMNS.with(|c| *c.borrow()) {
         if c.0.relid == secrets && c.1.relid == keys {
-            if c.1.refill_anchor == 0 {
-                // Absent when cached: ALTER EXTENSION UPDATE may have added it since.
-                // SAFETY: plain syscache lookup on a relation that exists.
-                c.1.refill_anchor = unsafe { attnum_since_upgrade(keys, c"refill_anchor") };
-                COLUMNS.with(|cell| *cell.borrow_mut() = Some(c));
-            }
+            // Looked up on every call (one syscache probe): ALTER EXTENSION UPDATE adds it to
+            // the same relation, and a rolled-back update takes it away again.
+            // SAFETY: plain syscache lookup on a relation that exists.
+            c.1.refill_anchor = unsafe { attnum_since_upgrade(keys, c"refill_anchor") };
             return c;
         }
     }

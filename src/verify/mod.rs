@@ -224,19 +224,13 @@ fn verify_once(
         found.last_used_at,
         found.updated_at,
     );
-    let next_refill = found.refill_interval.and_then(|interval| {
-        crate::rules::next_refill(
-            interval,
-            found.refill_anchor,
-            found.last_refill_at.unwrap_or(found.created_at),
-        )
-    });
+    let (refill_interval, refill_anchor) = (found.refill_interval, found.refill_anchor);
     let refill_amount = found.refill_amount.unwrap_or(0);
     let mut out = Outcome::with_key(Code::Valid, found);
 
     let mut counted = None;
     if let Some((max, window)) = rate_limit {
-        match usage::admit(key_id, max, window, now) {
+        match usage::admit(key_id, max, window, now, updated_at) {
             Admission::Admitted { admitted, counter } => {
                 out.rate_limit_remaining = Some(rate_limit::remaining(max, admitted));
                 out.reset_at = Some(counter.window_end());
@@ -252,19 +246,25 @@ fn verify_once(
                 out.reset_at = window_end;
                 return Some(out);
             }
+            Admission::KeyChanged => return None,
         }
     }
     if has_credits {
         match usage::spend(key_id, cost, refill_due, now, updated_at) {
             usage::Spend::Spent(left) => out.remaining = left,
-            usage::Spend::TooFew(left) => {
+            usage::Spend::TooFew { left, refilled } => {
                 if let Some(counter) = counted {
                     usage::undo_admission(key_id, counter);
                     out.rate_limit_remaining = out.rate_limit_remaining.map(|r| r + 1);
                 }
                 out.remaining = left;
                 out.code = Code::UsageExceeded;
-                // Credits come back at the next refill, if one is still to come and enough.
+                // Credits come back at the next refill, if one is still to come and enough,
+                // counted from the last refill as it is now (another verification may have
+                // made the one this call found due).
+                let next_refill = refill_interval.and_then(|interval| {
+                    crate::rules::next_refill(interval, refill_anchor, refilled)
+                });
                 out.reset_at = next_refill.filter(|&at| at > now && refill_amount >= cost as i64);
                 out.retry_after_ms = out.reset_at.map(|at| rate_limit::retry_after_ms(at, now));
                 return Some(out);

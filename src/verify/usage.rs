@@ -32,6 +32,13 @@ const WINDOW_PLACEHOLDER: &str = "
     INSERT INTO api_key.rate_limit_windows (key_id, window_end, admitted)
     VALUES ($1, '-infinity'::pg_catalog.timestamptz, 0) ON CONFLICT (key_id) DO NOTHING";
 
+// The key's version now (a new snapshot in READ COMMITTED), after waiting for its window.
+const KEY_VERSION: &str =
+    "SELECT k.updated_at FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
+
+const WINDOW_DELETE: &str =
+    "DELETE FROM api_key.rate_limit_windows AS w WHERE w.key_id OPERATOR(pg_catalog.=) $1";
+
 const WINDOW_STORE: &str = "
     UPDATE api_key.rate_limit_windows AS w SET window_end = $2, admitted = $3
      WHERE w.key_id OPERATOR(pg_catalog.=) $1";
@@ -58,9 +65,11 @@ const SPEND: &str = "
        AND k.updated_at OPERATOR(pg_catalog.=) $6
     RETURNING k.remaining";
 
-// After a spend that updated nothing: the key as it is now (a new snapshot in READ COMMITTED).
-const CREDITS_LEFT: &str =
-    "SELECT k.remaining, k.updated_at FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
+// After a spend that updated nothing: the key as it is now (a new snapshot in READ COMMITTED),
+// with the time of its last refill (another verification may have made one meanwhile).
+const CREDITS_LEFT: &str = "
+    SELECT k.remaining, k.updated_at, COALESCE(k.last_refill_at, k.created_at)
+      FROM api_key.keys AS k WHERE k.id OPERATOR(pg_catalog.=) $1";
 
 /// The first column of the first row a statement returns; None when it returns no row.
 fn first<T: pgrx::FromDatum + pgrx::IntoDatum>(
@@ -101,8 +110,9 @@ pub fn require_read_write() {
 pub enum Spend {
     /// Spent; the credits left.
     Spent(Option<i64>),
-    /// Too few credits: nothing spent; the credits left.
-    TooFew(Option<i64>),
+    /// Too few credits: nothing spent; the credits left, and when the key was last refilled
+    /// (or created).
+    TooFew { left: Option<i64>, refilled: i64 },
     /// The key changed (or went) since `verify` read it: nothing spent; verify it again.
     KeyChanged,
 }
@@ -145,10 +155,15 @@ pub fn spend(key_id: Uuid, cost: i32, refill_due: Option<i64>, now: i64, updated
             .ok()
             .flatten()
             .map(crate::pg::clock::micros_of);
+        let refilled = row
+            .get::<pgrx::datum::TimestampWithTimeZone>(3)
+            .ok()
+            .flatten()
+            .map_or(0, crate::pg::clock::micros_of);
         if now_updated != Some(updated_at) {
             Spend::KeyChanged
         } else {
-            Spend::TooFew(left)
+            Spend::TooFew { left, refilled }
         }
     })
 }
@@ -185,6 +200,9 @@ pub enum Admission {
         retry_after_ms: i64,
         window_end: Option<i64>,
     },
+    /// The key changed (or went) while this verification waited for its window: nothing was
+    /// counted; verify it again.
+    KeyChanged,
 }
 
 impl Admission {
@@ -279,7 +297,7 @@ impl WindowLock {
 /// counted there if there is one), else opens one in shared memory, else (no slot) counts in
 /// the table and keeps the lock until the transaction ends. So a window is never open in both
 /// places, and a full partition is slower, never wrong.
-pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
+pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64, updated_at: i64) -> Admission {
     let opens_until = calendar::add_period(now, window).unwrap_or(calendar::INFINITY);
     if rate_limit_shmem::available() {
         let key = key_id.as_bytes();
@@ -288,6 +306,11 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
             return admission;
         }
         let lock = WindowLock::acquire(key_id);
+        // Waiting for the lock may have outlasted a change of the key.
+        if Spi::connect_mut(|client| key_changed(client, key_id, updated_at)) {
+            lock.release();
+            return Admission::KeyChanged;
+        }
         if !lookup::window_end_in_table(key_id).is_some_and(|end| end > now) {
             let checked = rate_limit_shmem::admit(key, max, opens_until, now, Opening::Checked);
             if let Some(admission) = Admission::of_shared_memory(checked, key, now) {
@@ -299,7 +322,7 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
             lock.release();
             return uncountable();
         }
-        let admission = admit_in_table(key_id, max, opens_until, now);
+        let admission = admit_in_table(key_id, max, opens_until, now, updated_at);
         // Only a transaction that counted the key in the table must keep others waiting.
         if let Admission::Refused { .. } = admission {
             lock.release();
@@ -307,7 +330,29 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64) -> Admission {
         return admission;
     }
     require_read_write();
-    admit_in_table(key_id, max, opens_until, now)
+    admit_in_table(key_id, max, opens_until, now, updated_at)
+}
+
+/// Has the key changed (or gone) since `verify` read it at `updated_at`? A key that is gone
+/// leaves no window behind: this transaction holds the window's lock, so it deletes it.
+fn key_changed(client: &mut SpiClient<'_>, key_id: Uuid, updated_at: i64) -> bool {
+    use crate::pg::oids::*;
+    let now = first::<pgrx::datum::TimestampWithTimeZone>(
+        client,
+        KEY_VERSION,
+        &[UUIDOID],
+        &[key_id.into()],
+    );
+    match now {
+        None => {
+            let delete = spi::statement(client, WINDOW_DELETE, &[UUIDOID], true).or_raise();
+            client
+                .update(&*delete, None, &[key_id.into()])
+                .unwrap_or_else(|e| spi::failed(e).raise());
+            true
+        }
+        Some(at) => at.map(crate::pg::clock::micros_of) != Some(updated_at),
+    }
 }
 
 /// The window stored in the table for `key_id`, its row locked (created closed if missing).
@@ -365,9 +410,19 @@ fn store_window(client: &mut SpiClient<'_>, key_id: Uuid, w: Window) {
         .unwrap_or_else(|e| spi::failed(e).raise());
 }
 
-fn admit_in_table(key_id: Uuid, max: i32, opens_until: i64, now: i64) -> Admission {
+fn admit_in_table(
+    key_id: Uuid,
+    max: i32,
+    opens_until: i64,
+    now: i64,
+    updated_at: i64,
+) -> Admission {
     Spi::connect_mut(|client| {
         let stored = locked_window(client, key_id);
+        // Waiting for the window's lock may have outlasted a change of the key.
+        if key_changed(client, key_id, updated_at) {
+            return Admission::KeyChanged;
+        }
         match rate_limit::admit(Some(stored), max, opens_until, now) {
             rate_limit::Decision::Admitted { window, taken } => {
                 store_window(client, key_id, window);
