@@ -460,6 +460,7 @@ pub fn window_end_in_table(key_id: pgrx::Uuid) -> Option<i64> {
         let heap = relation(namespace, c"rate_limit_windows");
         let index = relation(namespace, c"rate_limit_windows_pkey");
         let window_end = attnum(heap, c"window_end");
+        // A Uuid always converts to a datum: the expect cannot fire.
         let id = pgrx::IntoDatum::into_datum(key_id).expect("uuid datum");
         pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
         let probe = UniqueProbe::run(heap, index, pg_sys::F_UUID_EQ, id);
