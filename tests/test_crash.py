@@ -153,8 +153,9 @@ def test_acknowledged_credits_survive_a_crash(crash_port):
 
     acked = sum(acknowledged)
     assert acked > 100, f"only {acked} verifications before the crash: the test proved little"
+    # The same cluster, restarted; on a port of its own again if another checkout's cluster took
+    # the old one while it was down (scripts/cluster.sh moves it).
     port = start_and_wait()
-    assert port == crash_port
     with connect(port) as c:
         remaining = c.execute("SELECT remaining FROM api_key.keys WHERE id = %s", [key["id"]]).fetchone()["remaining"]
         consumed = CREDITS - remaining
