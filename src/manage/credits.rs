@@ -15,8 +15,14 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
+// A balance changed by a number is not a change of the key's settings: `updated_at`, which a
+// verification waiting on the key checks (`verify/usage.rs`), stays, and that verification's
+// guarded spend simply sees the new balance. Only unlimited credits given or taken away ($4)
+// change what the key is.
 const STORE: &str = "
-    UPDATE api_key.keys AS k SET remaining = $2, updated_at = $3 WHERE k.id OPERATOR(pg_catalog.=) $1";
+    UPDATE api_key.keys AS k
+       SET remaining = $2, updated_at = CASE WHEN $4 THEN $3 ELSE k.updated_at END
+     WHERE k.id OPERATOR(pg_catalog.=) $1";
 
 /// Longest `reason`, in characters.
 const MAX_REASON_CHARS: usize = 1000;
@@ -118,12 +124,23 @@ fn operate(
         let now = clock::now();
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
-            let store = spi::statement(client, STORE, &[UUIDOID, INT8OID, TIMESTAMPTZOID], true)?;
+            let store = spi::statement(
+                client,
+                STORE,
+                &[UUIDOID, INT8OID, TIMESTAMPTZOID, BOOLOID],
+                true,
+            )?;
+            let unlimited_changed = after.is_none() != key.remaining.is_none();
             client
                 .update(
                     &*store,
                     None,
-                    &[id.into(), after.into(), timestamptz_arg(Some(now))],
+                    &[
+                        id.into(),
+                        after.into(),
+                        timestamptz_arg(Some(now)),
+                        unlimited_changed.into(),
+                    ],
                 )
                 .map_err(spi::failed)?;
             Ok::<_, Error>(())
