@@ -39,6 +39,16 @@ const KEY_VERSION: &str =
 const WINDOW_DELETE: &str =
     "DELETE FROM api_key.rate_limit_windows AS w WHERE w.key_id OPERATOR(pg_catalog.=) $1";
 
+// Counts an admission only if the key is still the version `verify` checked ($4): this
+// statement runs after the window's lock was granted, so in READ COMMITTED its snapshot sees
+// what a transaction this verification waited for committed.
+const WINDOW_COUNT: &str = "
+    UPDATE api_key.rate_limit_windows AS w SET window_end = $2, admitted = $3
+     WHERE w.key_id OPERATOR(pg_catalog.=) $1
+       AND EXISTS (SELECT FROM api_key.keys AS k
+                    WHERE k.id OPERATOR(pg_catalog.=) $1 AND k.updated_at OPERATOR(pg_catalog.=) $4)
+    RETURNING true";
+
 const WINDOW_STORE: &str = "
     UPDATE api_key.rate_limit_windows AS w SET window_end = $2, admitted = $3
      WHERE w.key_id OPERATOR(pg_catalog.=) $1";
@@ -417,15 +427,24 @@ fn admit_in_table(
     now: i64,
     updated_at: i64,
 ) -> Admission {
+    use crate::pg::oids::*;
     Spi::connect_mut(|client| {
         let stored = locked_window(client, key_id);
-        // Waiting for the window's lock may have outlasted a change of the key.
-        if key_changed(client, key_id, updated_at) {
-            return Admission::KeyChanged;
-        }
+        // Waiting for the window's lock may have outlasted a change of the key: an admission
+        // is counted only on the version checked (WINDOW_COUNT), a refusal looks again.
         match rate_limit::admit(Some(stored), max, opens_until, now) {
             rate_limit::Decision::Admitted { window, taken } => {
-                store_window(client, key_id, window);
+                let args = [
+                    key_id.into(),
+                    timestamptz_arg(Some(window.end)),
+                    window.admitted.into(),
+                    timestamptz_arg(Some(updated_at)),
+                ];
+                let types = [UUIDOID, TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID];
+                if first::<bool>(client, WINDOW_COUNT, &types, &args).is_none() {
+                    key_changed(client, key_id, updated_at);
+                    return Admission::KeyChanged;
+                }
                 Admission::Admitted {
                     admitted: window.admitted,
                     counter: Counter::Table {
@@ -434,10 +453,15 @@ fn admit_in_table(
                     },
                 }
             }
-            rate_limit::Decision::Refused { window_end } => Admission::Refused {
-                retry_after_ms: rate_limit::retry_after_ms(window_end, now),
-                window_end: Some(window_end),
-            },
+            rate_limit::Decision::Refused { window_end } => {
+                if key_changed(client, key_id, updated_at) {
+                    return Admission::KeyChanged;
+                }
+                Admission::Refused {
+                    retry_after_ms: rate_limit::retry_after_ms(window_end, now),
+                    window_end: Some(window_end),
+                }
+            }
         }
     })
 }
