@@ -7,8 +7,10 @@
 //!
 //! Cost: the key is read by two primary-key index probes without SQL (`lookup.rs`). A key
 //! with a rate limit adds a few hundred nanoseconds in shared memory when the library is
-//! preloaded, else a locked read and a write of an UNLOGGED row; a key with credits adds one guarded UPDATE,
-//! durable because credits must survive a crash.
+//! preloaded, else a locked read and a guarded write of an UNLOGGED row; a key with credits
+//! adds one guarded UPDATE, durable because credits must survive a crash. Both guards check
+//! that the key is still the version that was read (`updated_at`): a verification that waited
+//! for a lock starts again when it is not.
 
 pub mod admissions;
 pub mod binding;
