@@ -7,6 +7,10 @@
 -- therefore dropped and created again: their oids change), and api_key_next_refill_at(k).
 -- Every row is kept; existing refills keep refilling as before (no anchor). The library's
 -- rate-limit changes (docs/usage-control.md) need no SQL.
+--
+-- It also adds the usage analytics: the table api_key.usage, the views usage_by_minute,
+-- _hour and _day, api_key_flush_usage(), and a tags argument at the end of api_key_verify and
+-- api_key_authenticate (dropped and created again: their oids change).
 -- tests/test_upgrade.py checks that the result is identical to a fresh install of 0.3.0.
 
 \echo Use "ALTER EXTENSION api_key UPDATE TO '0.3.0'" to load this file. \quit
@@ -162,3 +166,97 @@ COMMENT ON FUNCTION @extschema@.api_key_config_create(text, text, integer, text,
     'Create a named key configuration. Service only.';
 COMMENT ON FUNCTION @extschema@.api_key_next_refill_at(api_key.keys) IS
     'When the key (a row of api_key.keys) next refills its credits: refill_interval after the last refill, or the next point of its calendar schedule (refill_anchor); NULL without a refill.';
+
+-- 0.3.0: verification analytics (src/analytics). Counts are added up in memory and written
+-- in batches, each into its minute, hour and day rows at once; minute and hour rows are
+-- removed after api_key.usage_minute_retention / usage_hour_retention. Read through the
+-- views api_key.usage_by_minute, _hour and _day.
+CREATE TABLE api_key.usage (
+    resolution     text NOT NULL CHECK (resolution IN ('minute', 'hour', 'day')),
+    bucket         timestamptz NOT NULL,
+    key_id         uuid,
+    code           text NOT NULL,
+    tags           text[] NOT NULL,
+    reference_type text,
+    reference_id   text,
+    config_id      text,
+    verifications  bigint NOT NULL,
+    credits_spent  bigint NOT NULL,
+    CONSTRAINT usage_bucket UNIQUE NULLS NOT DISTINCT (resolution, bucket, key_id, code, tags)
+);
+COMMENT ON TABLE api_key.usage IS 'Verifications per key, bucket (minute, hour, day), code and tag set, with the credits they spent; written in batches (see api_key_flush_usage). Read it through api_key.usage_by_minute, _hour and _day.';
+COMMENT ON COLUMN api_key.usage.key_id IS 'NULL for verifications of keys that were not found';
+COMMENT ON COLUMN api_key.usage.reference_id IS 'The key''s owner when the counts were written; NULL for keys not found, or deleted before their counts were written';
+CREATE INDEX usage_by_reference ON api_key.usage (reference_type, reference_id, resolution, bucket);
+CREATE INDEX usage_by_key ON api_key.usage (key_id, resolution, bucket);
+SELECT pg_catalog.pg_extension_config_dump('api_key.usage', '');
+ALTER TABLE api_key.usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage FORCE ROW LEVEL SECURITY;
+
+-- Usage analytics: the rows of keys the actor may read, like the keys; with no actor, the
+-- service sees all, including verifications of keys that were not found (no owner).
+CREATE POLICY usage_visible ON api_key.usage FOR SELECT
+    USING (api_key.is_service() OR api_key.may(reference_type, reference_id, 'read'));
+CREATE VIEW api_key.usage_by_minute WITH (security_invoker = true) AS
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'minute';
+CREATE VIEW api_key.usage_by_hour WITH (security_invoker = true) AS
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'hour';
+CREATE VIEW api_key.usage_by_day WITH (security_invoker = true) AS
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'day';
+COMMENT ON VIEW api_key.usage_by_minute IS 'Verifications per key, minute (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_minute_retention';
+COMMENT ON VIEW api_key.usage_by_hour IS 'Verifications per key, hour (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_hour_retention';
+COMMENT ON VIEW api_key.usage_by_day IS 'Verifications per key, day (bucket, UTC), code and tag set, with credits spent; kept until deleted';
+
+REVOKE ALL ON api_key.usage, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day FROM PUBLIC;
+GRANT SELECT ON api_key.usage, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day
+    TO api_key_user, api_key_admin;
+
+DROP FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text);
+DROP FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text);
+
+CREATE FUNCTION @extschema@."api_key_verify"(
+	"key" TEXT,
+	"permissions" jsonb DEFAULT NULL,
+	"cost" INT DEFAULT 1,
+	"config_id" TEXT DEFAULT NULL,
+	"tags" TEXT[] DEFAULT NULL
+) RETURNS api_key.verification
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_verify_0_3_wrapper';
+
+CREATE FUNCTION @extschema@."api_key_authenticate"(
+	"key" TEXT,
+	"permissions" jsonb DEFAULT NULL,
+	"cost" INT DEFAULT 1,
+	"config_id" TEXT DEFAULT NULL,
+	"tags" TEXT[] DEFAULT NULL
+) RETURNS api_key.verification
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_authenticate_0_3_wrapper';
+
+CREATE FUNCTION @extschema@."api_key_flush_usage"() RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'api_key_flush_usage_wrapper';
+
+REVOKE EXECUTE ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text, text[]),
+    @extschema@.api_key_authenticate(text, jsonb, integer, text, text[]),
+    @extschema@.api_key_flush_usage() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text, text[]),
+    @extschema@.api_key_authenticate(text, jsonb, integer, text, text[]),
+    @extschema@.api_key_flush_usage() TO api_key_user, api_key_admin;
+
+COMMENT ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text, text[]) IS
+    'Verify an API key: exactly one row (valid, code, key and usage), never an error for any key value. Checks existence, enabled, expiry, permissions, rate limit, credits; a refused call consumes nothing. Counted, with its tags, in the usage analytics.';
+COMMENT ON FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text, text[]) IS
+    'Verify a key and bind the current transaction to it (see api_key_current_*); raises 28000 with the code when not valid.';
+COMMENT ON FUNCTION @extschema@.api_key_flush_usage() IS
+    'Write the usage counts waiting in memory now (the background flush does it every api_key.usage_flush_interval) and apply the retention settings; returns the rows written';

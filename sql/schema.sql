@@ -272,6 +272,29 @@ CREATE TABLE api_key.audit_log (
 COMMENT ON TABLE api_key.audit_log IS 'Management actions (create, update, revoke, rotate, …): who (actor, or the service role), what, on which key and reference';
 CREATE INDEX audit_log_by_reference ON api_key.audit_log (reference_type, reference_id, at);
 
+-- 0.3.0: verification analytics (src/analytics). Counts are added up in memory and written
+-- in batches, each into its minute, hour and day rows at once; minute and hour rows are
+-- removed after api_key.usage_minute_retention / usage_hour_retention. Read through the
+-- views api_key.usage_by_minute, _hour and _day.
+CREATE TABLE api_key.usage (
+    resolution     text NOT NULL CHECK (resolution IN ('minute', 'hour', 'day')),
+    bucket         timestamptz NOT NULL,
+    key_id         uuid,
+    code           text NOT NULL,
+    tags           text[] NOT NULL,
+    reference_type text,
+    reference_id   text,
+    config_id      text,
+    verifications  bigint NOT NULL,
+    credits_spent  bigint NOT NULL,
+    CONSTRAINT usage_bucket UNIQUE NULLS NOT DISTINCT (resolution, bucket, key_id, code, tags)
+);
+COMMENT ON TABLE api_key.usage IS 'Verifications per key, bucket (minute, hour, day), code and tag set, with the credits they spent; written in batches (see api_key_flush_usage). Read it through api_key.usage_by_minute, _hour and _day.';
+COMMENT ON COLUMN api_key.usage.key_id IS 'NULL for verifications of keys that were not found';
+COMMENT ON COLUMN api_key.usage.reference_id IS 'The key''s owner when the counts were written; NULL for keys not found, or deleted before their counts were written';
+CREATE INDEX usage_by_reference ON api_key.usage (reference_type, reference_id, resolution, bucket);
+CREATE INDEX usage_by_key ON api_key.usage (key_id, resolution, bucket);
+
 -- pg_dump keeps the extension's data (only its definitions come from CREATE EXTENSION). The
 -- rows created at install ('default' configuration, default role permissions) are left out:
 -- the restore's CREATE EXTENSION makes them again. Rate-limit windows are transient.
@@ -285,3 +308,4 @@ SELECT pg_catalog.pg_extension_config_dump('api_key.membership_source', '');
 SELECT pg_catalog.pg_extension_config_dump('api_key.reference_types', '');
 SELECT pg_catalog.pg_extension_config_dump('api_key.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('api_key.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.usage', '');

@@ -26,6 +26,8 @@ ALTER TABLE api_key.reference_types ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_key.reference_types FORCE ROW LEVEL SECURITY;
 ALTER TABLE api_key.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_key.audit_log FORCE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage FORCE ROW LEVEL SECURITY;
 
 -- Keys: exactly those the actor may read; with no actor, the service sees all.
 CREATE POLICY keys_visible ON api_key.keys FOR SELECT
@@ -58,6 +60,26 @@ CREATE POLICY reference_types_visible ON api_key.reference_types FOR SELECT USIN
 CREATE POLICY audit_visible ON api_key.audit_log FOR SELECT
     USING (api_key.is_service() OR api_key.may(reference_type, reference_id, 'update'));
 
+-- Usage analytics: the rows of keys the actor may read, like the keys; with no actor, the
+-- service sees all, including verifications of keys that were not found (no owner).
+CREATE POLICY usage_visible ON api_key.usage FOR SELECT
+    USING (api_key.is_service() OR api_key.may(reference_type, reference_id, 'read'));
+CREATE VIEW api_key.usage_by_minute WITH (security_invoker = true) AS
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'minute';
+CREATE VIEW api_key.usage_by_hour WITH (security_invoker = true) AS
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'hour';
+CREATE VIEW api_key.usage_by_day WITH (security_invoker = true) AS
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'day';
+COMMENT ON VIEW api_key.usage_by_minute IS 'Verifications per key, minute (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_minute_retention';
+COMMENT ON VIEW api_key.usage_by_hour IS 'Verifications per key, hour (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_hour_retention';
+COMMENT ON VIEW api_key.usage_by_day IS 'Verifications per key, day (bucket, UTC), code and tag set, with credits spent; kept until deleted';
+
 -- Audit view: organization keys whose creator is no longer a member. The keys keep working
 -- (ownership is the organization); this is for reviewing them.
 CREATE VIEW api_key.keys_without_creator WITH (security_invoker = true) AS
@@ -73,7 +95,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA api_key FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA api_key FROM PUBLIC;
 GRANT USAGE ON SCHEMA api_key TO api_key_user, api_key_admin;
 GRANT SELECT ON api_key.keys, api_key.configs, api_key.organizations, api_key.members, api_key.role_permissions,
-                api_key.reference_types, api_key.audit_log, api_key.keys_without_creator
+                api_key.reference_types, api_key.audit_log, api_key.keys_without_creator,
+                api_key.usage, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day
     TO api_key_user, api_key_admin;
 GRANT SELECT ON api_key.membership_source TO api_key_admin;
 GRANT INSERT, UPDATE, DELETE ON api_key.organizations, api_key.members, api_key.role_permissions TO api_key_admin;
@@ -114,10 +137,12 @@ $grants$;
 -- Comments on the functions (written in Rust; their doc comments say the same at more length).
 COMMENT ON FUNCTION @extschema@.api_key_create(text, text, text, text, text, interval, jsonb, jsonb, bigint, bigint, interval, integer, interval, boolean, timestamp with time zone) IS
     'Create a key for (reference_type, reference_id). Returns the plaintext key once; only its hash is stored.';
-COMMENT ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text) IS
-    'Verify an API key: exactly one row (valid, code, key and usage), never an error for any key value. Checks existence, enabled, expiry, permissions, rate limit, credits; a refused call consumes nothing.';
-COMMENT ON FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text) IS
+COMMENT ON FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text, text[]) IS
+    'Verify an API key: exactly one row (valid, code, key and usage), never an error for any key value. Checks existence, enabled, expiry, permissions, rate limit, credits; a refused call consumes nothing. Counted, with its tags, in the usage analytics.';
+COMMENT ON FUNCTION @extschema@.api_key_authenticate(text, jsonb, integer, text, text[]) IS
     'Verify a key and bind the current transaction to it (see api_key_current_*); raises 28000 with the code when not valid.';
+COMMENT ON FUNCTION @extschema@.api_key_flush_usage() IS
+    'Write the usage counts waiting in memory now (the background flush does it every api_key.usage_flush_interval) and apply the retention settings; returns the rows written';
 COMMENT ON FUNCTION @extschema@.api_key_get(uuid) IS 'One key (never its hash), if the caller may read it';
 COMMENT ON FUNCTION @extschema@.api_key_list_for_reference(text, text, text, integer, uuid) IS
     'Keys of a reference, newest first, page_size per page; pass the last id seen as after_id for the next page';

@@ -18,6 +18,27 @@ pub static LAST_USED_PRECISION: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// table for the keys that find no slot.
 pub static RATE_LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 
+/// `api_key.track_usage`: count verifications for the usage analytics (`src/analytics`).
+pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `api_key.usage_flush_interval`: seconds between writes of usage counts (the background
+/// worker's, when preloaded; each backend's own, when not).
+pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+/// `api_key.usage_minute_retention`: minutes that per-minute usage rows are kept.
+pub static USAGE_MINUTE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 60);
+
+/// `api_key.usage_hour_retention`: minutes that per-hour usage rows are kept.
+pub static USAGE_HOUR_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 24 * 60);
+
+/// `api_key.usage_slots`: buckets (key × minute × outcome × tag set) that shared memory holds
+/// between two flushes when the library is preloaded (48 bytes each, 3 MiB by default).
+pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+
+/// `api_key.usage_tag_sets`: distinct tag sets counted in shared memory until the server
+/// stops (520 bytes each); beyond, a new tag set is counted as `{(other)}`.
+pub static USAGE_TAG_SETS: GucSetting<i32> = GucSetting::<i32>::new(1024);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"api_key.actor",
@@ -37,6 +58,44 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_bool_guc(
+        c"api_key.track_usage",
+        c"Count verifications for the usage analytics (api_key.usage_by_minute and others).",
+        c"Counting costs no write per verification; counts are written in batches.",
+        &TRACK_USAGE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.usage_flush_interval",
+        c"Seconds between writes of usage counts.",
+        c"With preloading, the background worker writes every interval; without, each backend writes when one of its transactions that verified a key commits and an interval has passed. A crash loses at most one interval of counts.",
+        &USAGE_FLUSH_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.usage_minute_retention",
+        c"How long per-minute usage rows are kept.",
+        c"Older rows are removed at each flush; their counts remain in the hour and day rows.",
+        &USAGE_MINUTE_RETENTION,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.usage_hour_retention",
+        c"How long per-hour usage rows are kept.",
+        c"Older rows are removed at each flush; their counts remain in the day rows, which are kept until deleted.",
+        &USAGE_HOUR_RETENTION,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
+    );
     // A server-start setting can only be defined while the library is being preloaded.
     // SAFETY: reads a backend-global flag.
     if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
@@ -49,6 +108,26 @@ pub fn init() {
         &RATE_LIMIT_SLOTS,
         1024,
         64 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.usage_slots",
+        c"Usage buckets held in shared memory between two flushes (with shared_preload_libraries = 'api_key').",
+        c"Set at server start. A bucket is a key, minute, outcome and tag set. Buckets beyond it wait in the backend's memory.",
+        &USAGE_SLOTS,
+        1024,
+        16 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"api_key.usage_tag_sets",
+        c"Distinct tag sets counted until the server stops (with shared_preload_libraries = 'api_key').",
+        c"Set at server start. Beyond it, a new tag set is counted as {(other)}.",
+        &USAGE_TAG_SETS,
+        1,
+        16384,
         GucContext::Postmaster,
         GucFlags::default(),
     );

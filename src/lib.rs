@@ -1,12 +1,13 @@
 //! api_key: API keys managed inside PostgreSQL.
 //!
 //! - Pure logic, with plain tests: `key_format`, `hashing`, `key_id`, `permissions`,
-//!   `calendar`, `rate_limit`, `rules`.
+//!   `calendar`, `rate_limit`, `rules`, `analytics::tags`.
 //! - `access`: who may do what; the only place that decides, and the only one that runs
 //!   application code (`access::application_code`).
 //! - `manage`: the management functions (create, update, rotate, revoke, list, configurations,
 //!   registration), each a thin `#[pg_extern]` over the rules and the access layer.
 //! - `verify`: the hot path of `api_key_verify` / `api_key_authenticate`.
+//! - `analytics`: verifications counted in memory and written in batches (`api_key.usage`).
 //! - `pg`: the few places that touch PostgreSQL internals (privileged execution,
 //!   subtransactions, jsonb, clocks, version differences).
 //!
@@ -19,6 +20,7 @@ compile_error!("api_key needs panic = \"unwind\": pgrx turns panics into Postgre
 ::pgrx::pg_module_magic!(name, version);
 
 pub mod access;
+pub mod analytics;
 pub mod calendar;
 pub mod error;
 pub mod gucs;
@@ -42,6 +44,8 @@ pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     verify::rate_limit_shmem::init();
+    analytics::shmem::init();
+    analytics::worker::register();
     // pgrx's panic hook captures a backtrace when RUST_BACKTRACE is set in the server's
     // environment, and reports it in the DETAIL of the error a client sees. Errors of this
     // extension carry a SQLSTATE and a message written for people: never a backtrace.

@@ -139,3 +139,25 @@ fn api_key_config_create(
         None,
     )
 }
+
+/// 0.2.0's `api_key_verify` (no `tags`).
+#[pg_extern(volatile, parallel_unsafe, security_definer, sql = false)]
+fn api_key_verify(
+    key: Option<&str>,
+    permissions: Option<Jsonb>,
+    cost: Option<i32>,
+    config_id: Option<&str>,
+) -> pgrx::composite_type!('static, "api_key.verification") {
+    crate::verify::api_key_verify_0_3(key, permissions, cost, config_id, None)
+}
+
+/// 0.2.0's `api_key_authenticate` (no `tags`).
+#[pg_extern(volatile, parallel_unsafe, security_definer, sql = false)]
+fn api_key_authenticate(
+    key: Option<&str>,
+    permissions: Option<Jsonb>,
+    cost: Option<i32>,
+    config_id: Option<&str>,
+) -> pgrx::composite_type!('static, "api_key.verification") {
+    crate::verify::api_key_authenticate_0_3(key, permissions, cost, config_id, None)
+}

@@ -86,3 +86,13 @@ pub fn display_interval(iv: Interval) -> String {
         .unwrap_or_default()
     }
 }
+
+/// A `timestamptz[]` argument (pgrx has no IntoDatum for arrays of raw timestamps); a time out
+/// of PostgreSQL's range becomes NULL.
+pub fn timestamptz_array(times: Vec<Option<i64>>) -> DatumWithOid<'static> {
+    let values: Vec<Option<pgrx::datum::TimestampWithTimeZone>> = times
+        .into_iter()
+        .map(|t| t.and_then(|t| pgrx::datum::TimestampWithTimeZone::try_from(t).ok()))
+        .collect();
+    values.into()
+}

@@ -3,9 +3,11 @@
 //! - `privileged`: the extension's own SQL runs as the extension's owner with a search path no
 //!   caller can write to, and nothing it sets outlives it;
 //! - `subtransaction`: work whose failure must not become the caller's failure;
+//! - `bookkeeping`: writes on the side of a COMMIT that must never fail or block it;
 //! - `jsonb`: jsonb values read token by token, so that no value a type admits is a parse error;
 //! - `clock`, `compat`: time, and the differences between PostgreSQL versions.
 
+pub mod bookkeeping;
 pub mod clock;
 pub mod compat;
 pub mod jsonb;
@@ -95,7 +97,7 @@ reg_type!(
 /// Type oids of query arguments, to `use oids::*` without pulling in all of `pg_sys`.
 pub mod oids {
     pub use pgrx::pg_sys::{
-        BOOLOID, BYTEAOID, INT4OID, INT8OID, INTERVALOID, JSONBOID, OIDOID, REGCLASSOID,
+        BOOLOID, BYTEAOID, INT4OID, INT8ARRAYOID, INT8OID, INTERVALOID, JSONBOID, OIDOID, REGCLASSOID,
         REGPROCEDUREOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZOID, UUIDARRAYOID,
         UUIDOID,
     };

@@ -29,7 +29,7 @@ use crate::gucs::LAST_USED_PRECISION;
 use crate::pg::compat::local_xid;
 use crate::pg::privileged::{as_extension_owner, keys_relation};
 use crate::pg::spi;
-use crate::pg::subtransaction::{self, OnSuccess};
+use crate::pg::bookkeeping;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::RefCell;
@@ -126,17 +126,9 @@ fn keep_for_later(batch: Vec<([u8; 16], i64)>) {
     });
 }
 
-/// A read-only transaction (or a standby) verifies fine but cannot write usage times.
-fn can_write() -> bool {
-    // SAFETY: reads backend-global flags.
-    unsafe { !pg_sys::XactReadOnly && !pg_sys::RecoveryInProgress() }
-}
-
-/// Did the committing transaction verify a key, or does it write anyway (has a transaction id)?
+/// Did the committing transaction verify a key, or does it write anyway?
 fn asked_for_it() -> bool {
-    let verified = PENDING.with(|p| p.borrow().verified_in == local_xid());
-    // SAFETY: reads the current transaction's state.
-    verified || unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId
+    PENDING.with(|p| p.borrow().verified_in == local_xid()) || bookkeeping::writes_anyway()
 }
 
 #[pg_guard]
@@ -147,41 +139,14 @@ unsafe extern "C-unwind" fn flush_at_commit(
     if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT {
         return;
     }
-    // SAFETY: reads backend-global state.
-    let snapshot_for_life = unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 };
-    if snapshot_for_life || !can_write() || !asked_for_it() {
+    if !bookkeeping::may_write_at_commit() || !asked_for_it() {
         return;
     }
     let Some(batch) = due_batch(crate::pg::clock::now()) else {
         return;
     };
-    // SAFETY: reads the current transaction's state.
-    if unsafe { pg_sys::GetTopTransactionIdIfAny() } == pg_sys::InvalidTransactionId {
-        // Only our write makes this commit a write: it must not wait for a standby either.
-        commit_locally();
-    }
+    bookkeeping::commit_locally();
     write(batch);
-}
-
-/// `SET LOCAL synchronous_commit = local` for the current transaction: bookkeeping is flushed
-/// to the local WAL but never waits for a synchronous standby (one that is down or slow would
-/// otherwise hang a commit, or a backend's exit, on our account). Losing such a write in a
-/// failover costs a `last_used_at` that is a little older.
-fn commit_locally() {
-    // SAFETY: sets a user-settable parameter for the current transaction only; with elevel 0
-    // a failure is reported by the return value, never raised.
-    unsafe {
-        pg_sys::set_config_option(
-            c"synchronous_commit".as_ptr(),
-            c"local".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
 }
 
 /// Writes `batch` in the current transaction, never raising and never waiting; what is not
@@ -191,15 +156,13 @@ fn write(batch: Vec<([u8; 16], i64)>) {
         return; // the extension was dropped: nothing to write to
     };
     let attempt = batch.clone();
-    let written = subtransaction::attempt(OnSuccess::Keep, true, move || {
+    let lock = move || {
         // SAFETY: a lock request that returns false instead of waiting; held to the end of
         // the subtransaction's parent when granted, like any lock a statement takes.
-        if !unsafe { pg_sys::ConditionalLockRelationOid(keys, pg_sys::RowExclusiveLock as i32) } {
-            return false;
-        }
-        // SAFETY: SPI needs a snapshot outside of a portal; popped below.
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-        let result = as_extension_owner(|| {
+        unsafe { pg_sys::ConditionalLockRelationOid(keys, pg_sys::RowExclusiveLock as i32) }
+    };
+    let written = bookkeeping::quietly(lock, move || {
+        as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 use crate::pg::oids::*;
                 let ids: Vec<Uuid> = attempt
@@ -209,34 +172,20 @@ fn write(batch: Vec<([u8; 16], i64)>) {
                 let times: Vec<Option<i64>> = attempt.iter().map(|(_, at)| Some(*at)).collect();
                 let statement =
                     spi::statement(client, FLUSH, &[UUIDARRAYOID, TIMESTAMPTZARRAYOID], true)?;
-                let times_arg = times_array(times);
+                let times_arg = crate::pg::clock::timestamptz_array(times);
                 client
                     .update(&*statement, None, &[ids.into(), times_arg])
                     .map_err(spi::failed)?;
                 Ok(())
             })
-        });
-        // SAFETY: pops the snapshot pushed above.
-        unsafe { pg_sys::PopActiveSnapshot() };
-        result.is_ok()
+        })
     });
-    if !matches!(written, Ok(true)) {
+    if !written {
         keep_for_later(batch);
     }
 }
 
-/// A timestamptz[] argument (pgrx has no IntoDatum for arrays of raw timestamps).
-fn times_array(times: Vec<Option<i64>>) -> pgrx::datum::DatumWithOid<'static> {
-    let values: Vec<Option<pgrx::datum::TimestampWithTimeZone>> = times
-        .into_iter()
-        .map(|t| t.and_then(|t| pgrx::datum::TimestampWithTimeZone::try_from(t).ok()))
-        .collect();
-    values.into()
-}
-
-/// On a normal backend exit, write what is pending in a transaction of its own, as
-/// PostgreSQL's own exit callbacks do (RemoveTempRelationsCallback). Nothing here may raise:
-/// an error at exit becomes FATAL noise, so every failure is swallowed and the uses are lost.
+/// On a normal backend exit, write what is pending in a transaction of its own.
 #[pg_guard]
 unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
     let batch: Vec<_> = PENDING.with(|p| {
@@ -244,29 +193,12 @@ unsafe extern "C-unwind" fn flush_at_exit(code: std::os::raw::c_int, _arg: pg_sy
             .into_iter()
             .collect()
     });
-    // SAFETY: reads backend-global state.
-    let in_transaction = unsafe { pg_sys::IsTransactionOrTransactionBlock() };
-    if code != 0 || batch.is_empty() || in_transaction {
+    if batch.is_empty() {
         return;
     }
-    // SAFETY: no transaction is open (checked above): this one is ours, and it is ended on
-    // both paths (committed, or aborted if the commit itself fails).
-    unsafe {
-        let ok = PgTryBuilder::new(|| {
-            pg_sys::StartTransactionCommand();
-            commit_locally();
-            if can_write() {
-                for chunk in batch.chunks(BATCH) {
-                    write(chunk.to_vec());
-                }
-            }
-            pg_sys::CommitTransactionCommand();
-            true
-        })
-        .catch_others(|_| false)
-        .execute();
-        if !ok {
-            pg_sys::AbortCurrentTransaction();
+    bookkeeping::at_exit(code, || {
+        for chunk in batch.chunks(BATCH) {
+            write(chunk.to_vec());
         }
-    }
+    });
 }

@@ -19,6 +19,7 @@ pub mod lookup;
 pub mod rate_limit_shmem;
 pub mod usage;
 
+use crate::analytics::{self, tags::TagSet};
 use crate::error::{Error, OrRaise};
 use crate::hashing;
 use crate::key_format;
@@ -29,11 +30,11 @@ use crate::rate_limit;
 use lookup::StoredKey;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
-use pgrx::{PgTupleDesc, Uuid};
+use pgrx::{Array, PgTupleDesc, Uuid};
 use std::cell::Cell;
 use usage::Admission;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
     Valid,
     NotFound,
@@ -45,6 +46,25 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in a fixed order (its index is how shared memory stores it).
+    pub const ALL: [Code; 7] = [
+        Code::Valid,
+        Code::NotFound,
+        Code::Disabled,
+        Code::Expired,
+        Code::UsageExceeded,
+        Code::RateLimited,
+        Code::InsufficientPermissions,
+    ];
+
+    pub fn index(self) -> u8 {
+        Code::ALL.iter().position(|&c| c == self).unwrap_or(0) as u8
+    }
+
+    pub fn from_index(index: u8) -> Option<Code> {
+        Code::ALL.get(index as usize).copied()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::Valid => "VALID",
@@ -99,12 +119,19 @@ thread_local! {
     static RESULT_TYPE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-/// The requested permissions and cost, checked: 22023 for a malformed request, 22004 for a
-/// NULL cost. (The key argument never raises.)
+/// What a verification asks for, checked: 22023 for a malformed request, 22004 for a NULL
+/// cost. (The key argument never raises.)
+struct Request {
+    permissions: Option<Permissions>,
+    cost: i32,
+    tags: TagSet,
+}
+
 fn requested(
     permissions: Option<Jsonb>,
     cost: Option<i32>,
-) -> Result<(Option<Permissions>, i32), Error> {
+    tags: Option<Array<&str>>,
+) -> Result<Request, Error> {
     let cost = cost.ok_or_else(|| Error::null("cost"))?;
     if cost < 0 {
         return Err(Error::invalid("cost must not be negative"));
@@ -117,7 +144,21 @@ fn requested(
             })
         })
         .transpose()?;
-    Ok((permissions, cost))
+    let tags = match tags {
+        None => TagSet::default(),
+        Some(tags) => TagSet::parse(tags.iter()).map_err(|problem| {
+            Error::invalid(format!("tags: {problem}")).hint(format!(
+                "Pass at most {} tags of 1 to {} bytes, like ARRAY['GET /v1/files'].",
+                analytics::tags::MAX_TAGS,
+                analytics::tags::MAX_TAG_BYTES
+            ))
+        })?,
+    };
+    Ok(Request {
+        permissions,
+        cost,
+        tags,
+    })
 }
 
 fn find(key: &str) -> Option<StoredKey> {
@@ -154,9 +195,22 @@ pub fn verify(
     permissions: Option<Jsonb>,
     cost: Option<i32>,
     config_id: Option<&str>,
+    tags: Option<Array<&str>>,
 ) -> Outcome {
-    let (asked, cost) = requested(permissions, cost).or_raise();
-    if let Some(out) = verify_once(key, asked.as_ref(), cost, config_id) {
+    let request = requested(permissions, cost, tags).or_raise();
+    let out = verify_checked(key, &request, config_id);
+    let credits = match &out.key {
+        Some(k) if out.code == Code::Valid && k.remaining.is_some() => request.cost as i64,
+        _ => 0,
+    };
+    let key_id = out.key.as_ref().map(|k| k.id);
+    analytics::record(key_id, out.code, &request.tags, credits, clock::now());
+    out
+}
+
+fn verify_checked(key: Option<&str>, request: &Request, config_id: Option<&str>) -> Outcome {
+    let (asked, cost) = (request.permissions.as_ref(), request.cost);
+    if let Some(out) = verify_once(key, asked, cost, config_id) {
         return out;
     }
     for _ in 1..ATTEMPTS {
@@ -165,7 +219,7 @@ pub fn verify(
         // error in between aborts the transaction, which resets the snapshot stack.
         let again = unsafe {
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            let again = verify_once(key, asked.as_ref(), cost, config_id);
+            let again = verify_once(key, asked, cost, config_id);
             pg_sys::PopActiveSnapshot();
             again
         };
@@ -339,26 +393,29 @@ fn result_tuple(out: Outcome) -> PgHeapTuple<'static, pgrx::AllocatedByRust> {
 /// SECURITY DEFINER without a `SET search_path` clause: the reads resolve no names
 /// (`lookup.rs`), and the few statements that write name everything with its schema
 /// (`usage.rs`).
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-fn api_key_verify(
+/// `tags` (at most 8, of 1 to 64 bytes) are counted with the outcome in the usage analytics.
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "api_key_verify")]
+pub fn api_key_verify_0_3(
     key: Option<&str>,
     permissions: default!(Option<Jsonb>, "NULL"),
     cost: default!(Option<i32>, 1),
     config_id: default!(Option<&str>, "NULL"),
+    tags: default!(Option<Array<&str>>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.verification") {
-    result_tuple(verify(key, permissions, cost, config_id))
+    result_tuple(verify(key, permissions, cost, config_id, tags))
 }
 
 /// Verify a key and bind the current transaction to it, for row-level-security policies.
 /// Raises SQLSTATE 28000 with the verification code when the key is not valid.
-#[pg_extern(volatile, parallel_unsafe, security_definer)]
-fn api_key_authenticate(
+#[pg_extern(volatile, parallel_unsafe, security_definer, name = "api_key_authenticate")]
+pub fn api_key_authenticate_0_3(
     key: Option<&str>,
     permissions: default!(Option<Jsonb>, "NULL"),
     cost: default!(Option<i32>, 1),
     config_id: default!(Option<&str>, "NULL"),
+    tags: default!(Option<Array<&str>>, "NULL"),
 ) -> pgrx::composite_type!('static, "api_key.verification") {
-    let out = verify(key, permissions, cost, config_id);
+    let out = verify(key, permissions, cost, config_id, tags);
     let Some(found) = out.key.as_ref().filter(|_| out.code == Code::Valid) else {
         Error::new(
             PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,

@@ -1,0 +1,379 @@
+//! Usage counts in shared memory, when the library is preloaded: verifications add to a slot
+//! per bucket (key, minute, outcome, tag set) in a few hundred nanoseconds under a partition
+//! LWLock, and the background worker (`worker.rs`) takes a database's slots out and writes
+//! them. Nothing here can raise: every function is plain arithmetic under a lock that it
+//! releases itself, so it may run in commit and abort callbacks.
+//!
+//! Slots: `PARTITIONS` open-addressing tables; a bucket that finds no free slot within
+//! `MAX_PROBE` stays in the backend's memory (`local.rs`) and moves here when a transaction
+//! ends. Taking a database's slots out rebuilds the partition without them, so slots never
+//! need tombstones.
+//!
+//! Tag sets are stored once each, in a dictionary of `api_key.usage_tag_sets` entries that
+//! lives until the server stops (slots refer to them by number). When it is full, a new tag
+//! set is counted as the tag set `{(other)}` (docs/analytics.md).
+
+use super::tags::TagSet;
+use super::{Bucket, Counts};
+use crate::gucs::{USAGE_SLOTS, USAGE_TAG_SETS};
+use crate::verify::Code;
+use pgrx::pg_sys::{self, Oid};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::hash::{Hash, Hasher};
+
+const PARTITIONS: usize = 16;
+const MAX_PROBE: usize = 64;
+const SEGMENT: &CStr = c"api_key usage counts";
+const TRANCHE: &CStr = c"api_key_usage";
+/// The tag set number of a tag set that found no room in the dictionary.
+const OTHER: u16 = u16::MAX;
+/// What such a tag set is counted as.
+pub const OTHER_TAG: &str = "(other)";
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Slot {
+    key: [u8; 16],
+    database: Oid,
+    minute: i32,
+    /// 0: no tags; else 1 + the dictionary entry; `OTHER`.
+    tag_set: u16,
+    code: u8,
+    live: bool,
+    verifications: i64,
+    credits: i64,
+}
+
+#[repr(C)]
+struct TagSetEntry {
+    database: Oid,
+    len: u16,
+    used: bool,
+    bytes: [u8; super::tags::MAX_JOINED_BYTES],
+}
+
+struct Shared {
+    slots: *mut Slot,
+    per_partition: usize,
+    tag_sets: *mut TagSetEntry,
+    tag_set_count: usize,
+    /// `PARTITIONS` partition locks, then the dictionary's.
+    locks: *mut pg_sys::LWLockPadded,
+}
+
+static mut SHARED: Option<Shared> = None;
+static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+thread_local! {
+    /// Dictionary numbers of the tag sets this backend has seen (its database's).
+    static KNOWN: RefCell<HashMap<TagSet, u16>> = RefCell::new(HashMap::new());
+}
+
+fn slot_count() -> usize {
+    (USAGE_SLOTS.get().max(1024) as usize).div_ceil(PARTITIONS) * PARTITIONS
+}
+
+fn tag_set_count() -> usize {
+    USAGE_TAG_SETS.get().clamp(1, OTHER as i32 - 1) as usize
+}
+
+fn bytes_needed() -> usize {
+    slot_count() * std::mem::size_of::<Slot>()
+        + tag_set_count() * std::mem::size_of::<TagSetEntry>()
+}
+
+/// Called from `_PG_init`: registers the hooks when the library is being preloaded.
+pub fn init() {
+    // SAFETY: _PG_init runs single-threaded in the postmaster; the hooks are chained as
+    // PostgreSQL documents.
+    unsafe {
+        if !pg_sys::process_shared_preload_libraries_in_progress {
+            return;
+        }
+        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request);
+        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request() {
+    // SAFETY: called by the postmaster during shared memory sizing.
+    unsafe {
+        if let Some(prev) = PREV_REQUEST_HOOK {
+            // The previous hook is PostgreSQL C code: pg_guard_ffi_boundary turns its longjmp
+            // into a Rust unwind, which is what the lint guards against.
+            #[allow(ffi_unwind_calls)]
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
+        }
+        pg_sys::RequestAddinShmemSpace(bytes_needed());
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32 + 1);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup() {
+    // SAFETY: runs in the postmaster (and in each backend under EXEC_BACKEND) while shared
+    // memory is being attached; AddinShmemInitLock serialises initialisation.
+    unsafe {
+        if let Some(prev) = PREV_STARTUP_HOOK {
+            // See `request`.
+            #[allow(ffi_unwind_calls)]
+            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
+        }
+        let bytes = bytes_needed();
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), bytes, &mut found).cast::<u8>();
+        if !found {
+            std::ptr::write_bytes(base, 0, bytes);
+        }
+        let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+        pg_sys::LWLockRelease(init_lock);
+        let slots = base.cast::<Slot>();
+        SHARED = Some(Shared {
+            slots,
+            per_partition: slot_count() / PARTITIONS,
+            tag_sets: slots.add(slot_count()).cast::<TagSetEntry>(),
+            tag_set_count: tag_set_count(),
+            locks,
+        });
+    }
+}
+
+/// Whether counts go to shared memory (the library was preloaded).
+pub fn available() -> bool {
+    // SAFETY: SHARED is written once, before any backend runs queries.
+    unsafe { (*(&raw const SHARED)).is_some() }
+}
+
+fn shared() -> Option<&'static Shared> {
+    // SAFETY: SHARED is written once, at startup.
+    unsafe { (*(&raw const SHARED)).as_ref() }
+}
+
+fn database() -> Oid {
+    // SAFETY: reads a backend-global set at connection.
+    unsafe { pg_sys::MyDatabaseId }
+}
+
+/// Runs `f` under lock number `i` of the tranche.
+fn locked<R>(shared: &Shared, i: usize, mode: pg_sys::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the tranche has PARTITIONS + 1 locks; `f` is plain Rust that cannot raise an
+    // ERROR, so the lock is always released here.
+    unsafe {
+        let lock = &raw mut (*shared.locks.add(i)).lock;
+        pg_sys::LWLockAcquire(lock, mode);
+        let result = f();
+        pg_sys::LWLockRelease(lock);
+        result
+    }
+}
+
+fn hash_of(value: &impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The dictionary number of `tags` in this database (0 for none), adding it if need be;
+/// `OTHER` when the dictionary is full.
+fn tag_set_number(shared: &Shared, tags: &TagSet) -> u16 {
+    if tags.is_empty() {
+        return 0;
+    }
+    if let Some(n) = KNOWN.with(|k| k.borrow().get(tags).copied()) {
+        return n;
+    }
+    let database = database();
+    let joined = tags.joined().as_bytes();
+    let start = (hash_of(&(database.to_u32(), joined)) % shared.tag_set_count as u64) as usize;
+    let find = |insert: bool| -> Option<u16> {
+        for step in 0..shared.tag_set_count {
+            let i = (start + step) % shared.tag_set_count;
+            // SAFETY: i < tag_set_count; entries are read and written under the dictionary
+            // lock only.
+            let entry = unsafe { &mut *shared.tag_sets.add(i) };
+            if !entry.used {
+                if !insert {
+                    return None;
+                }
+                entry.database = database;
+                entry.len = joined.len() as u16;
+                entry.bytes[..joined.len()].copy_from_slice(joined);
+                entry.used = true;
+                return Some(i as u16 + 1);
+            }
+            if entry.database == database && &entry.bytes[..entry.len as usize] == joined {
+                return Some(i as u16 + 1);
+            }
+        }
+        None
+    };
+    let dictionary = PARTITIONS;
+    let number = locked(shared, dictionary, pg_sys::LWLockMode::LW_SHARED, || find(false))
+        .or_else(|| locked(shared, dictionary, pg_sys::LWLockMode::LW_EXCLUSIVE, || find(true)));
+    match number {
+        Some(n) => {
+            KNOWN.with(|k| k.borrow_mut().insert(tags.clone(), n));
+            n
+        }
+        None => OTHER,
+    }
+}
+
+/// The tag set a number stands for, in this database.
+fn tag_set(shared: &Shared, number: u16) -> TagSet {
+    let other = || TagSet::parse([Some(OTHER_TAG)]).unwrap_or_default();
+    match number {
+        0 => TagSet::default(),
+        OTHER => other(),
+        n => locked(shared, PARTITIONS, pg_sys::LWLockMode::LW_SHARED, || {
+            // SAFETY: numbers handed out are 1 + an index below tag_set_count.
+            let entry = unsafe { &*shared.tag_sets.add(n as usize - 1) };
+            std::str::from_utf8(&entry.bytes[..entry.len as usize])
+                .ok()
+                .and_then(TagSet::from_joined)
+        })
+        .unwrap_or_else(other),
+    }
+}
+
+/// The partition of a slot's bucket, and where its probe starts in it.
+fn place(shared: &Shared, s: &Slot) -> (usize, usize) {
+    let h = hash_of(&(s.key, s.database.to_u32(), s.minute, s.tag_set, s.code));
+    let partition = (h % PARTITIONS as u64) as usize;
+    let start = ((h / PARTITIONS as u64) % shared.per_partition as u64) as usize;
+    (partition, start)
+}
+
+/// Adds `counts` to the slot of `s`'s bucket in its partition (the caller holds the lock);
+/// false when no slot is free within the probe distance.
+///
+/// # Safety
+/// The caller holds the exclusive lock of `s`'s partition.
+unsafe fn add_locked(shared: &Shared, partition: usize, start: usize, s: &Slot) -> bool {
+    for step in 0..MAX_PROBE.min(shared.per_partition) {
+        let i = (start + step) % shared.per_partition;
+        // SAFETY: i < per_partition, in the caller's locked partition.
+        let slot = unsafe { &mut *shared.slots.add(partition * shared.per_partition + i) };
+        if !slot.live {
+            *slot = *s;
+            slot.live = true;
+            return true;
+        }
+        if slot.key == s.key
+            && slot.database == s.database
+            && slot.minute == s.minute
+            && slot.tag_set == s.tag_set
+            && slot.code == s.code
+        {
+            slot.verifications = slot.verifications.saturating_add(s.verifications);
+            slot.credits = slot.credits.saturating_add(s.credits);
+            return true;
+        }
+    }
+    false
+}
+
+/// Adds counts of this database to shared memory; false when there is no room.
+pub fn add(bucket: &Bucket, counts: Counts) -> bool {
+    let Some(shared) = shared() else {
+        return false;
+    };
+    let s = Slot {
+        key: bucket.key,
+        database: database(),
+        minute: bucket.minute,
+        tag_set: tag_set_number(shared, &bucket.tags),
+        code: bucket.code.index(),
+        live: true,
+        verifications: counts.verifications,
+        credits: counts.credits,
+    };
+    let (partition, start) = place(shared, &s);
+    locked(shared, partition, pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        // SAFETY: we hold the partition's exclusive lock.
+        unsafe { add_locked(shared, partition, start, &s) }
+    })
+}
+
+/// The databases that have counts waiting.
+pub fn databases_with_counts() -> Vec<Oid> {
+    let Some(shared) = shared() else {
+        return Vec::new();
+    };
+    let mut found: Vec<Oid> = Vec::new();
+    for partition in 0..PARTITIONS {
+        locked(shared, partition, pg_sys::LWLockMode::LW_SHARED, || {
+            for i in 0..shared.per_partition {
+                // SAFETY: i < per_partition, under the partition's lock.
+                let slot = unsafe { &*shared.slots.add(partition * shared.per_partition + i) };
+                if slot.live && !found.contains(&slot.database) {
+                    found.push(slot.database);
+                }
+            }
+        });
+    }
+    found
+}
+
+/// Takes this database's counts out of shared memory.
+pub fn take() -> Vec<(Bucket, Counts)> {
+    let Some(shared) = shared() else {
+        return Vec::new();
+    };
+    let database = database();
+    let mut taken: Vec<Slot> = Vec::new();
+    let mut others: Vec<Slot> = Vec::with_capacity(shared.per_partition);
+    for partition in 0..PARTITIONS {
+        others.clear();
+        locked(shared, partition, pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            // SAFETY: the partition's slots, under its exclusive lock.
+            let slots = unsafe {
+                std::slice::from_raw_parts_mut(
+                    shared.slots.add(partition * shared.per_partition),
+                    shared.per_partition,
+                )
+            };
+            for slot in slots.iter().filter(|s| s.live) {
+                if slot.database == database {
+                    taken.push(*slot);
+                } else {
+                    others.push(*slot);
+                }
+            }
+            // Rebuilt without this database's slots: no tombstones, and the others find
+            // their slots again (they fit: the partition held them all before).
+            // SAFETY: zeroed slots are free slots.
+            unsafe { std::ptr::write_bytes(slots.as_mut_ptr(), 0, slots.len()) };
+            for s in &others {
+                let (_, start) = place(shared, s);
+                // SAFETY: we hold the partition's exclusive lock.
+                unsafe { add_locked(shared, partition, start, s) };
+            }
+        });
+    }
+    taken
+        .into_iter()
+        .filter_map(|s| {
+            Some((
+                Bucket {
+                    key: s.key,
+                    minute: s.minute,
+                    code: Code::from_index(s.code)?,
+                    tags: tag_set(shared, s.tag_set),
+                },
+                Counts {
+                    verifications: s.verifications,
+                    credits: s.credits,
+                },
+            ))
+        })
+        .collect()
+}

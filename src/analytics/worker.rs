@@ -1,0 +1,91 @@
+//! The background workers that write usage counts from shared memory (preloaded only).
+//!
+//! A background worker connects to one database for its whole life, and counts come from
+//! every database that verifies keys. So a launcher, connected to none, wakes every
+//! `api_key.usage_flush_interval`, and for each database with counts waiting starts a
+//! short-lived worker connected to it, which writes them (`writer::flush`) and exits. A worker
+//! that stayed connected would make `DROP DATABASE` fail; one that lives for a flush is waited
+//! for by it.
+//!
+//! What shared memory holds when the server stops or crashes is lost: at most one interval of
+//! counts (docs/analytics.md).
+
+use super::{shmem, writer};
+use crate::gucs::USAGE_FLUSH_INTERVAL;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+/// Called from `_PG_init` while preloading: registers the launcher.
+pub fn register() {
+    // SAFETY: reads a backend-global flag.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new("api_key usage launcher")
+        .set_type("api_key usage launcher")
+        .set_function("api_key_usage_launcher")
+        .set_library("api_key")
+        .enable_shmem_access(None)
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(10)))
+        .load();
+}
+
+fn interval() -> Duration {
+    Duration::from_secs(USAGE_FLUSH_INTERVAL.get().max(1) as u64)
+}
+
+/// The launcher's main loop.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn api_key_usage_launcher(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    while BackgroundWorker::wait_latch(Some(interval())) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: rereads postgresql.conf, as every worker does on SIGHUP.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        for database in shmem::databases_with_counts() {
+            flush_in(database);
+        }
+    }
+}
+
+/// Starts a worker that writes `database`'s counts, and waits for it to end.
+fn flush_in(database: pg_sys::Oid) {
+    // SAFETY: reads this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    let started = BackgroundWorkerBuilder::new("api_key usage flush")
+        .set_type("api_key usage flush")
+        .set_function("api_key_usage_flush")
+        .set_library("api_key")
+        .enable_spi_access()
+        .set_argument(Some(pg_sys::Datum::from(database.to_u32())))
+        .set_notify_pid(me)
+        .set_restart_time(None)
+        .load_dynamic();
+    match started {
+        Ok(worker) => {
+            let _ = worker.wait_for_shutdown();
+        }
+        Err(_) => {
+            pgrx::log!("api_key: could not start a worker to write usage counts (max_worker_processes?)")
+        }
+    }
+}
+
+/// A flush worker: connects to the database it was started for, writes its counts, exits.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn api_key_usage_flush(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    BackgroundWorker::transaction(|| {
+        crate::pg::bookkeeping::commit_locally();
+        if let Err(e) = writer::flush(false) {
+            pgrx::log!("api_key: usage counts not written: {}", e.message);
+        }
+    });
+}
