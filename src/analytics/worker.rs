@@ -12,7 +12,10 @@
 
 use super::{shmem, writer};
 use crate::gucs::USAGE_FLUSH_INTERVAL;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -47,13 +50,20 @@ pub extern "C-unwind" fn api_key_usage_launcher(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         for database in shmem::databases_with_counts() {
-            flush_in(database);
+            if !flush_in(database) {
+                return;
+            }
         }
     }
 }
 
-/// Starts a worker that writes `database`'s counts, and waits for it to end.
-fn flush_in(database: pg_sys::Oid) {
+/// Longest a flush may take before the launcher stops it (its counts go back to shared
+/// memory, for the next try).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts a worker that writes `database`'s counts, and waits for it to end. False when the
+/// launcher itself must stop (SIGTERM: the server is shutting down, and starts no worker).
+fn flush_in(database: pg_sys::Oid) -> bool {
     // SAFETY: reads this process's pid.
     let me = unsafe { pg_sys::MyProcPid };
     let started = BackgroundWorkerBuilder::new("api_key usage flush")
@@ -65,12 +75,29 @@ fn flush_in(database: pg_sys::Oid) {
         .set_notify_pid(me)
         .set_restart_time(None)
         .load_dynamic();
-    match started {
-        Ok(worker) => {
-            let _ = worker.wait_for_shutdown();
+    let Ok(worker) = started else {
+        pgrx::log!("api_key: could not start a worker to write usage counts (max_worker_processes?)");
+        return true;
+    };
+    // Not WaitForBackgroundWorkerShutdown: it would wait forever for a worker that a server
+    // shutting down never starts, and ignores SIGTERM.
+    let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
+    loop {
+        match worker.pid() {
+            Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => {
+                return true
+            }
+            _ if std::time::Instant::now() > deadline => {
+                pgrx::log!("api_key: a usage flush took longer than {FLUSH_TIMEOUT:?}; stopping it");
+                worker.terminate();
+                return true;
+            }
+            _ => {}
         }
-        Err(_) => {
-            pgrx::log!("api_key: could not start a worker to write usage counts (max_worker_processes?)")
+        // The postmaster sets our latch when the worker's state changes (notify pid).
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+            worker.terminate();
+            return false;
         }
     }
 }

@@ -1,0 +1,348 @@
+"""Usage analytics: every verification counted per key, minute, code and tag set, with the
+credits it spent (only if its transaction commits), written in batches and read through the
+views api_key.usage_by_minute, _hour and _day under row-level security.
+
+The counts live in each backend's memory without preloading (the main test cluster) and in
+shared memory with it (the preloaded cluster of test_preloaded.py): the cases that do not
+depend on where counts wait run against both and must answer the same."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from helpers import DBNAME, cluster_port, create, expect_error, uid, verify
+from test_preloaded import _can_run_clusters, cluster
+
+DB = "analytics"
+GARBAGE = "sk_definitely_not_a_key"
+
+
+def _connect(port: int, dbname: str) -> psycopg.Connection:
+    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, autocommit=True,
+                           row_factory=dict_row, connect_timeout=10)
+
+
+@pytest.fixture(scope="module", params=["backend_memory", "shared_memory"])
+def storage(request, database):
+    """A function that opens a superuser connection to a database where counts wait in that
+    storage."""
+    if request.param == "backend_memory":
+        port, dbname = cluster_port(), DBNAME
+    else:
+        if not _can_run_clusters():
+            pytest.skip("scripts/cluster.sh needs root (sudo -u postgres)")
+        cluster("stop")
+        port, dbname = int(cluster("start")), DB
+        with _connect(port, "postgres") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{dbname}"')
+        with _connect(port, dbname) as c:
+            c.execute("CREATE EXTENSION api_key")
+    connect = lambda: _connect(port, dbname)  # noqa: E731
+    connect.port = port
+    with connect() as c:
+        preloaded = "api_key" in c.execute("SHOW shared_preload_libraries").fetchone()["shared_preload_libraries"]
+    assert preloaded == (request.param == "shared_memory")
+    yield connect
+    if request.param == "shared_memory":
+        cluster("stop")
+
+
+def new_key(c, owner: str, **kw) -> dict:
+    extra = "".join(f", {k} => %({k})s" for k in kw)
+    return c.execute(f"SELECT id, key FROM api_key_create(%(owner)s{extra})", {"owner": owner, **kw}).fetchone()
+
+
+def check(c, key: str, tags=None, **kw) -> str:
+    extra = "".join(f", {k} => %({k})s" for k in kw)
+    return c.execute(f"SELECT code FROM api_key_verify(%(key)s, tags => %(tags)s{extra})",
+                     {"key": key, "tags": tags, **kw}).fetchone()["code"]
+
+
+def usage(c, view: str, key_id) -> dict:
+    """{(code, tags): (verifications, credits_spent)} of one key in one view, after a flush."""
+    c.execute("SELECT api_key_flush_usage()")
+    rows = c.execute(f"SELECT code, tags, sum(verifications) AS v, sum(credits_spent) AS c "
+                     f"FROM api_key.{view} WHERE key_id IS NOT DISTINCT FROM %s GROUP BY 1, 2", [key_id]).fetchall()
+    return {(r["code"], tuple(r["tags"])): (r["v"], r["c"]) for r in rows}
+
+
+def test_every_outcome_is_counted_with_its_credits(storage):
+    owner = uid("u")
+    with storage() as c:
+        k = new_key(c, owner, remaining=10, permissions='{"files": ["read"]}')
+        for _ in range(3):
+            assert check(c, k["key"], cost=2) == "VALID"
+        assert check(c, k["key"], permissions='{"files": ["write"]}') == "INSUFFICIENT_PERMISSIONS"
+        assert check(c, k["key"], cost=7) == "USAGE_EXCEEDED"
+        c.execute("SELECT api_key_update(%s, enabled => false)", [k["id"]])
+        assert check(c, k["key"]) == "DISABLED"
+        expected = {("VALID", ()): (3, 6), ("INSUFFICIENT_PERMISSIONS", ()): (1, 0),
+                    ("USAGE_EXCEEDED", ()): (1, 0), ("DISABLED", ()): (1, 0)}
+        for view in ("usage_by_minute", "usage_by_hour", "usage_by_day"):
+            assert usage(c, view, k["id"]) == expected, view
+        row = c.execute("SELECT reference_type, reference_id, config_id, bucket FROM api_key.usage_by_minute "
+                        "WHERE key_id = %s LIMIT 1", [k["id"]]).fetchone()
+        assert (row["reference_type"], row["reference_id"], row["config_id"]) == ("user", owner, "default")
+        assert row["bucket"].second == 0 and row["bucket"].microsecond == 0
+        # A second flush has nothing left to add.
+        assert c.execute("SELECT api_key_flush_usage() AS n").fetchone()["n"] == 0
+        assert usage(c, "usage_by_day", k["id"]) == expected
+
+
+def test_keys_not_found_are_counted_without_an_owner(storage):
+    tag = uid("probe")
+    with storage() as c:
+        for _ in range(3):
+            assert check(c, GARBAGE, tags=[tag]) == "NOT_FOUND"
+        got = usage(c, "usage_by_minute", None)
+        assert got[("NOT_FOUND", (tag,))] == (3, 0)
+        row = c.execute("SELECT reference_id FROM api_key.usage_by_minute WHERE tags = ARRAY[%s]", [tag]).fetchone()
+        assert row["reference_id"] is None
+
+
+def test_credits_count_only_when_the_transaction_commits(storage):
+    with storage() as c:
+        k = new_key(c, uid("u"), remaining=100)
+        with c.transaction(force_rollback=True):
+            assert check(c, k["key"], cost=5) == "VALID"
+        with c.transaction():
+            c.execute("SAVEPOINT s")
+            assert check(c, k["key"], cost=7) == "VALID"
+            c.execute("ROLLBACK TO SAVEPOINT s")
+            c.execute("SAVEPOINT t")
+            assert check(c, k["key"], cost=11) == "VALID"
+            c.execute("RELEASE SAVEPOINT t")
+        # A refused api_key_authenticate aborts its transaction: still a verification.
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            c.execute("SELECT api_key_authenticate(%s, cost => 1000)", [k["key"]])
+        assert usage(c, "usage_by_minute", k["id"]) == {("VALID", ()): (3, 11), ("USAGE_EXCEEDED", ()): (1, 0)}
+        assert c.execute("SELECT remaining FROM api_key.keys WHERE id = %s", [k["id"]]).fetchone()["remaining"] == 89
+
+
+def test_tags_are_a_set_and_bounded(storage):
+    with storage() as c:
+        k = new_key(c, uid("u"))
+        assert check(c, k["key"], tags=["GET /v1/files", "eu"]) == "VALID"
+        assert check(c, k["key"], tags=["eu", "GET /v1/files", "eu"]) == "VALID"
+        assert check(c, k["key"], tags=[]) == "VALID"
+        assert check(c, k["key"]) == "VALID"
+        for bad, words in [([""], "tag 1 is empty"), (["a", None], "tag 2 is NULL"), (["x" * 65], "64 bytes"),
+                           (["a\tb"], "control"), ([str(i) for i in range(9)], "at most 8")]:
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+                check(c, k["key"], tags=bad)
+            assert "tags" in str(e.value) and words in str(e.value)
+        assert usage(c, "usage_by_minute", k["id"]) == {("VALID", ("GET /v1/files", "eu")): (2, 0),
+                                                        ("VALID", ()): (2, 0)}
+
+
+def test_counts_are_exact_under_concurrency(storage):
+    with storage() as c:
+        keys = [new_key(c, uid("u"), remaining=1_000_000) for _ in range(3)]
+    per_thread, threads = 150, 4
+    errors = []
+
+    def worker(n: int):
+        try:
+            with storage() as w:
+                for i in range(per_thread):
+                    k = keys[(n + i) % len(keys)]
+                    tags = ["t" + str(i % 3)]
+                    if i % 5 == 0:
+                        with w.transaction(force_rollback=True):
+                            assert check(w, k["key"], tags=tags, cost=2) == "VALID"
+                    else:
+                        assert check(w, k["key"], tags=tags, cost=2) == "VALID"
+                    if i % 50 == 0:
+                        w.execute("SELECT api_key_flush_usage()")
+                # Without preloading, the counts of a backend are its own until it writes them.
+                w.execute("SELECT api_key_flush_usage()")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+    with storage() as c:
+        c.execute("SELECT api_key_flush_usage()")
+        ids = [k["id"] for k in keys]
+        for view in ("usage_by_minute", "usage_by_day"):
+            row = c.execute(f"SELECT sum(verifications) AS v, sum(credits_spent) AS c FROM api_key.{view} "
+                            f"WHERE key_id = ANY(%s)", [ids]).fetchone()
+            assert (row["v"], row["c"]) == (per_thread * threads, 2 * per_thread * threads * 4 // 5), view
+        spent = c.execute("SELECT sum(1000000 - remaining) AS s FROM api_key.keys WHERE id = ANY(%s)", [ids]).fetchone()
+        assert spent["s"] == 2 * per_thread * threads * 4 // 5
+
+
+def test_nothing_is_counted_when_tracking_is_off(storage):
+    with storage() as c:
+        k = new_key(c, uid("u"))
+        c.execute("SET api_key.track_usage = off")
+        assert check(c, k["key"]) == "VALID"
+        c.execute("RESET api_key.track_usage")
+        assert usage(c, "usage_by_minute", k["id"]) == {}
+
+
+def test_retention_removes_old_minute_and_hour_rows(storage):
+    with storage() as c:
+        k = new_key(c, uid("u"))
+        c.execute("""INSERT INTO api_key.usage (resolution, bucket, key_id, code, tags, verifications, credits_spent)
+                     VALUES ('minute', now() - interval '8 days', %(k)s, 'VALID', '{}', 1, 0),
+                            ('minute', now() - interval '6 days', %(k)s, 'VALID', '{}', 1, 0),
+                            ('hour', now() - interval '91 days', %(k)s, 'VALID', '{}', 1, 0),
+                            ('hour', now() - interval '89 days', %(k)s, 'VALID', '{}', 1, 0),
+                            ('day', now() - interval '1000 days', %(k)s, 'VALID', '{}', 1, 0)""", {"k": k["id"]})
+        c.execute("SELECT api_key_flush_usage()")
+        left = c.execute("SELECT resolution, count(*) AS n FROM api_key.usage WHERE key_id = %s GROUP BY 1",
+                         [k["id"]]).fetchall()
+        assert {r["resolution"]: r["n"] for r in left} == {"minute": 1, "hour": 1, "day": 1}
+
+
+# Row-level security and the flush without preloading: the main test cluster.
+
+def test_actors_read_the_usage_of_the_keys_they_may_read(su, app, service):
+    alice, bob = uid("alice"), uid("bob")
+    ka = create(service, reference_id=alice)
+    kb = create(service, reference_id=bob)
+    verify(app, ka["key"])
+    verify(app, kb["key"])
+    verify(app, GARBAGE)
+    app.val("SELECT api_key_flush_usage()")  # the counts wait in app's backend (not preloaded)
+    seen = app.rows("SELECT DISTINCT reference_id, key_id FROM api_key.usage_by_minute", actor=alice)
+    assert [(r["reference_id"], r["key_id"]) for r in seen] == [(alice, ka["id"])]
+    for view in ("usage", "usage_by_hour", "usage_by_day"):
+        ids = {r["key_id"] for r in app.rows(f"SELECT key_id FROM api_key.{view}", actor=bob)}
+        assert ids == {kb["id"]}, view
+    # The service sees every row, including keys not found (no owner).
+    rows = service.rows("SELECT key_id FROM api_key.usage_by_minute WHERE key_id IS NULL OR key_id = ANY(%s)",
+                        [[ka["id"], kb["id"]]])
+    assert {r["key_id"] for r in rows} >= {ka["id"], kb["id"], None}
+    # No role writes the table but the extension.
+    for client in (app, service):
+        expect_error("42501", client.rows, "DELETE FROM api_key.usage")
+        expect_error("42501", client.rows,
+                     "INSERT INTO api_key.usage VALUES ('day', now(), NULL, 'VALID', '{}', NULL, NULL, NULL, 1, 0)")
+
+
+def test_a_backend_writes_its_counts_when_its_own_commit_is_due(su, new_client):
+    """Without preloading: only a transaction that verified writes, and only once an interval
+    has passed; a backend that exits writes what it holds."""
+    su.conn.execute("LOAD 'api_key'")  # defines the setting in this backend
+    su.conn.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
+    su.conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        k = create(su, reference_id=uid("u"))
+        c = new_client("postgres")
+        seen = lambda: su.val("SELECT coalesce(sum(verifications), 0) FROM api_key.usage_by_minute "  # noqa: E731
+                              "WHERE key_id = %s", [k["id"]])
+        verify(c, k["key"])
+        time.sleep(1.2)
+        c.rows("SELECT 1")  # neither verifies nor writes: writes no counts
+        assert seen() == 0
+        verify(c, k["key"])  # verifies, and a write is due
+        assert seen() == 2
+        verify(c, k["key"])
+        c.close()  # exits: writes what it holds
+        deadline = time.time() + 5
+        while seen() != 3 and time.time() < deadline:
+            time.sleep(0.1)
+        assert seen() == 3
+    finally:
+        su.conn.execute("ALTER SYSTEM RESET api_key.usage_flush_interval")
+        su.conn.execute("SELECT pg_reload_conf()")
+
+
+# The background worker: the preloaded cluster.
+
+@pytest.fixture(scope="module")
+def preloaded():
+    if not _can_run_clusters():
+        pytest.skip("scripts/cluster.sh needs root (sudo -u postgres)")
+    cluster("stop")
+    port = int(cluster("start"))
+    with _connect(port, "postgres") as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DB}"')
+        admin.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
+        admin.execute("SELECT pg_reload_conf()")
+    with _connect(port, DB) as c:
+        c.execute("CREATE EXTENSION api_key")
+    yield port
+    with _connect(port, "postgres") as admin:
+        admin.execute("ALTER SYSTEM RESET api_key.usage_flush_interval")
+    cluster("stop")
+
+
+def wait_for(c, key_id, n: int, seconds: float = 10) -> int:
+    deadline = time.time() + seconds
+    while True:
+        got = c.execute("SELECT coalesce(sum(verifications), 0) AS n FROM api_key.usage_by_minute WHERE key_id = %s",
+                        [key_id]).fetchone()["n"]
+        if got >= n or time.time() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_the_background_worker_writes_counts_of_every_database(preloaded):
+    other = DB + "_other"
+    with _connect(preloaded, "postgres") as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{other}"')
+    try:
+        with _connect(preloaded, DB) as c, _connect(preloaded, other) as d:
+            d.execute("CREATE EXTENSION api_key")
+            kc, kd = new_key(c, uid("u")), new_key(d, uid("u"))
+            for _ in range(5):
+                check(c, kc["key"])
+            for _ in range(2):
+                check(d, kd["key"])
+            assert wait_for(c, kc["id"], 5) == 5
+            assert wait_for(d, kd["id"], 2) == 2
+        # The flush workers come and go: a database can be dropped meanwhile.
+        with _connect(preloaded, "postgres") as admin:
+            admin.execute(f'DROP DATABASE "{other}"')
+    finally:
+        with _connect(preloaded, "postgres") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+def test_a_crash_loses_at_most_the_counts_not_yet_written(preloaded):
+    with _connect(preloaded, DB) as c:
+        k = new_key(c, uid("u"))
+        for _ in range(10):
+            check(c, k["key"])
+        assert wait_for(c, k["id"], 10) == 10
+        c.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 3600")
+        c.execute("SELECT pg_reload_conf()")
+        time.sleep(1.5)  # the launcher's current sleep ends
+        for _ in range(5):
+            check(c, k["key"])
+        victim = c.execute("SELECT pg_backend_pid() AS p").fetchone()["p"]
+    try:
+        os.kill(victim, signal.SIGKILL)  # the postmaster resets shared memory
+        deadline = time.time() + 30
+        while True:
+            try:
+                with _connect(preloaded, DB) as c:
+                    got = wait_for(c, k["id"], 10, seconds=0)
+                    break
+            except psycopg.OperationalError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert got == 10
+    finally:
+        with _connect(preloaded, "postgres") as admin:
+            admin.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
+            admin.execute("SELECT pg_reload_conf()")
