@@ -33,7 +33,8 @@ def test_security_definer_functions_pin_search_path(su):
     Rust entry points) must pin it internally; the latter is checked by the next test."""
     loose = {r["fn"] for r in su.rows(EXTENSION_FUNCTIONS + " WHERE p.prosecdef") if not any(
         (c or "").startswith("search_path=") for c in (r["proconfig"] or []))}
-    assert loose <= {"api_key_verify(text,jsonb,integer,text)", "api_key_authenticate(text,jsonb,integer,text)"}
+    assert loose <= {"api_key_verify(text,jsonb,integer,text,text[])",
+                     "api_key_authenticate(text,jsonb,integer,text,text[])"}
 
 
 SHADOWS = [
@@ -54,6 +55,11 @@ SHADOWS = [
     ("ev_int4_minus(a integer, b integer)", "integer", "SELECT a OPERATOR(pg_catalog.-) b", "- (LEFTARG = integer, RIGHTARG = integer"),
     ("ev_int4_gt(a integer, b integer)", "boolean", "SELECT a OPERATOR(pg_catalog.>) b", "> (LEFTARG = integer, RIGHTARG = integer"),
     ("ev_jsonb_contains(a jsonb, b jsonb)", "boolean", "SELECT a OPERATOR(pg_catalog.@>) b", "@> (LEFTARG = jsonb, RIGHTARG = jsonb"),
+    # What the usage analytics' flush calls.
+    ("ev_int8_plus(a bigint, b bigint)", "bigint", "SELECT a OPERATOR(pg_catalog.+) b", "+ (LEFTARG = bigint, RIGHTARG = bigint"),
+    ("ev_text_eq(a text, b text)", "boolean", "SELECT a OPERATOR(pg_catalog.=) b", "= (LEFTARG = text, RIGHTARG = text"),
+    ("date_trunc(a text, b timestamptz, c text)", "timestamptz", "SELECT pg_catalog.date_trunc(a, b, c)", None),
+    ("string_to_array(a text, b text)", "text[]", "SELECT pg_catalog.string_to_array(a, b)", None),
 ]
 
 
@@ -102,6 +108,8 @@ def test_verify_does_not_run_the_callers_shadowed_operators(trap, service, su):
     with c.tx() as conn:
         conn.execute("SELECT api_key_authenticate(%s, permissions => '{\"docs\": [\"read\"]}')", [plain["key"]])
         assert conn.execute("SELECT api_key_has_permission('docs', 'read') AS p").fetchone()["p"] is True
+    # The usage counts of these verifications are written by this backend (not preloaded).
+    assert c.val("SELECT api_key_flush_usage()") > 0
     ran = su.rows(f"SELECT who, what, (SELECT rolsuper FROM pg_roles WHERE rolname = who) AS super FROM {schema}.ran")
     assert ran == [], f"the caller's objects ran inside verification: {ran}"
 
