@@ -239,6 +239,13 @@ finish_load bench
 D=(-D "n=$N")
 scenario baseline bench baseline.sql "${D[@]}"
 scenario verify_plain bench verify_plain.sql "${D[@]}"
+# The same with the usage analytics off (api_key.track_usage, superuser: the bench's role).
+PGOPTIONS="-c api_key.track_usage=off" scenario verify_plain_untracked bench verify_plain.sql "${D[@]}"
+# Every verification of verify_plain was counted (pgbench's backends wrote their counts as they
+# exited), and none of verify_plain_untracked.
+plain_counted() { q bench "SELECT coalesce(sum(u.verifications), 0) FROM api_key.usage_by_day u JOIN api_key.keys k ON k.id = u.key_id WHERE k.name LIKE 'plain %'"; }
+for _ in 1 2 3 4 5 6 7 8 9 10; do [ "$(plain_counted)" = "$(txns verify_plain)" ] && break; sleep 0.5; done
+check verify_plain "verifications counted in the usage analytics = verifications" "$(txns verify_plain)" "$(plain_counted)"
 
 before=$(q bench "SELECT sum(remaining) FROM handrolled_keys")
 scenario handrolled bench handrolled.sql "${D[@]}"
@@ -302,6 +309,7 @@ if [ -z "${BENCH_SKIP_PRELOAD:-}" ]; then
     before=$(table_rows)
     scenario baseline_preload bench baseline.sql "${D[@]}"
     scenario verify_plain_preload bench verify_plain.sql "${D[@]}"
+    PGOPTIONS="-c api_key.track_usage=off" scenario verify_plain_untracked_preload bench verify_plain.sql "${D[@]}"
     scenario verify_rate_preload bench verify_rate.sql "${D[@]}"
     scenario verify_hot_rate_preload bench verify_hot_rate.sql "${D[@]}"
     check verify_rate_preload "rate_limit_windows table untouched (rows/admitted)" "$before" "$(table_rows)"
