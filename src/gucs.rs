@@ -18,6 +18,10 @@ pub static LAST_USED_PRECISION: GucSetting<i32> = GucSetting::<i32>::new(300);
 /// table for the keys that find no slot.
 pub static RATE_LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 
+/// `api_key.credit_writer`: with preloading, spend credits through the credit writer (no row
+/// lock held past the verification; `verify/credit_queue.rs`).
+pub static CREDIT_WRITER: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// `api_key.track_usage`: count verifications for the usage analytics (`src/analytics`).
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -57,6 +61,14 @@ pub fn init() {
         3600,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"api_key.credit_writer",
+        c"Spend credits through the background credit writer (with shared_preload_libraries = 'api_key').",
+        c"The key's row is then locked only inside the writer's short transactions, never until the verifying transaction ends; rolled-back spends are refunded after. Off: spend in the verifying transaction.",
+        &CREDIT_WRITER,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"api_key.track_usage",

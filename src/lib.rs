@@ -1,7 +1,7 @@
 //! api_key: API keys managed inside PostgreSQL.
 //!
 //! - Pure logic, with plain tests: `key_format`, `hashing`, `key_id`, `permissions`,
-//!   `calendar`, `rate_limit`, `rules`, `analytics::tags`.
+//!   `calendar`, `credits`, `rate_limit`, `rules`, `analytics::tags`.
 //! - `access`: who may do what; the only place that decides, and the only one that runs
 //!   application code (`access::application_code`).
 //! - `manage`: the management functions (create, update, rotate, revoke, list, configurations,
@@ -22,6 +22,7 @@ compile_error!("api_key needs panic = \"unwind\": pgrx turns panics into Postgre
 pub mod access;
 pub mod analytics;
 pub mod calendar;
+pub mod credits;
 pub mod error;
 pub mod gucs;
 pub mod hashing;
@@ -45,6 +46,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     verify::rate_limit_shmem::init();
     analytics::shmem::init();
+    verify::credit_queue::init();
     analytics::worker::register();
     // pgrx's panic hook captures a backtrace when RUST_BACKTRACE is set in the server's
     // environment, and reports it in the DETAIL of the error a client sees. Errors of this

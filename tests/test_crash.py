@@ -32,8 +32,15 @@ def _can_run_clusters() -> bool:
 pytestmark = pytest.mark.skipif(not _can_run_clusters(), reason="scripts/cluster.sh needs root (sudo -u postgres)")
 
 
+# Server options of the current run: credits spent in the verifying transaction (not preloaded),
+# or by the credit writer (preloaded).
+OPTS = {"in_transaction": "", "credit_writer": "-c shared_preload_libraries=api_key"}
+current_opts = [""]
+
+
 def cluster(cmd: str) -> str:
-    out = subprocess.run(["bash", str(SCRIPT), cmd, CLUSTER], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PG_EXTRA_OPTS": current_opts[0]}
+    out = subprocess.run(["bash", str(SCRIPT), cmd, CLUSTER], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, f"cluster.sh {cmd} {CLUSTER}: {out.stdout}{out.stderr}"
     return out.stdout.strip()
 
@@ -90,8 +97,10 @@ def start_and_wait() -> int:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def crash_port():
+@pytest.fixture(scope="module", params=list(OPTS))
+def crash_port(request):
+    cluster("stop")
+    current_opts[0] = OPTS[request.param]
     port = start_and_wait()
     with connect(port, "postgres") as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")

@@ -16,6 +16,7 @@
 use super::tags::TagSet;
 use super::{Bucket, Counts};
 use crate::gucs::{USAGE_SLOTS, USAGE_TAG_SETS};
+use crate::pg::shared_memory;
 use crate::verify::Code;
 use pgrx::pg_sys::{self, Oid};
 use std::cell::RefCell;
@@ -64,8 +65,6 @@ struct Shared {
 }
 
 static mut SHARED: Option<Shared> = None;
-static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 thread_local! {
     /// Dictionary numbers of the tag sets this backend has seen (its database's).
@@ -85,57 +84,22 @@ fn bytes_needed() -> usize {
         + tag_set_count() * std::mem::size_of::<TagSetEntry>()
 }
 
-/// Called from `_PG_init`: registers the hooks when the library is being preloaded.
+/// Called from `_PG_init`: registers the segment when the library is being preloaded.
 pub fn init() {
-    // SAFETY: _PG_init runs single-threaded in the postmaster; the hooks are chained as
-    // PostgreSQL documents.
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(request);
-        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(startup);
-    }
+    shared_memory::register(shared_memory::Segment {
+        name: SEGMENT,
+        bytes: bytes_needed,
+        tranche: TRANCHE,
+        locks: PARTITIONS + 1,
+        attach,
+    });
 }
 
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn request() {
-    // SAFETY: called by the postmaster during shared memory sizing.
+fn attach(base: *mut u8, locks: *mut pg_sys::LWLockPadded) {
+    let slots = base.cast::<Slot>();
+    // SAFETY: the segment holds slot_count() slots, then tag_set_count() entries; SHARED is
+    // written once per process, while shared memory is attached.
     unsafe {
-        if let Some(prev) = PREV_REQUEST_HOOK {
-            // The previous hook is PostgreSQL C code: pg_guard_ffi_boundary turns its longjmp
-            // into a Rust unwind, which is what the lint guards against.
-            #[allow(ffi_unwind_calls)]
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
-        }
-        pg_sys::RequestAddinShmemSpace(bytes_needed());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32 + 1);
-    }
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn startup() {
-    // SAFETY: runs in the postmaster (and in each backend under EXEC_BACKEND) while shared
-    // memory is being attached; AddinShmemInitLock serialises initialisation.
-    unsafe {
-        if let Some(prev) = PREV_STARTUP_HOOK {
-            // See `request`.
-            #[allow(ffi_unwind_calls)]
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
-        }
-        let bytes = bytes_needed();
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), bytes, &mut found).cast::<u8>();
-        if !found {
-            std::ptr::write_bytes(base, 0, bytes);
-        }
-        let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        pg_sys::LWLockRelease(init_lock);
-        let slots = base.cast::<Slot>();
         SHARED = Some(Shared {
             slots,
             per_partition: slot_count() / PARTITIONS,
@@ -162,17 +126,8 @@ fn database() -> Oid {
     unsafe { pg_sys::MyDatabaseId }
 }
 
-/// Runs `f` under lock number `i` of the tranche.
 fn locked<R>(shared: &Shared, i: usize, mode: pg_sys::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
-    // SAFETY: the tranche has PARTITIONS + 1 locks; `f` is plain Rust that cannot raise an
-    // ERROR, so the lock is always released here.
-    unsafe {
-        let lock = &raw mut (*shared.locks.add(i)).lock;
-        pg_sys::LWLockAcquire(lock, mode);
-        let result = f();
-        pg_sys::LWLockRelease(lock);
-        result
-    }
+    shared_memory::locked(shared.locks, i, mode, f)
 }
 
 fn hash_of(value: &impl Hash) -> u64 {

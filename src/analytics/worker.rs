@@ -9,6 +9,10 @@
 //!
 //! What shared memory holds when the server stops or crashes is lost: at most one interval of
 //! counts (docs/analytics.md).
+//!
+//! The launcher also starts the credit writer of a database that has refunds queued and no
+//! writer (`verify/credit_queue.rs`): verifications start their writer themselves, refunds
+//! are queued by aborting transactions, which cannot.
 
 use super::{shmem, writer};
 use crate::gucs::USAGE_FLUSH_INTERVAL;
@@ -48,6 +52,11 @@ pub extern "C-unwind" fn api_key_usage_launcher(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: rereads postgresql.conf, as every worker does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // Refunds queued by transactions that rolled back, in a database whose credit writer
+        // had exited: start one.
+        for database in crate::verify::credit_queue::databases_without_writer() {
+            crate::verify::credit_queue::ensure_writer(database);
         }
         for database in shmem::databases_with_counts() {
             if !flush_in(database) {

@@ -50,3 +50,32 @@ pub unsafe fn index_beginscan(
         }
     }
 }
+
+/// This backend's number in `ProcGlobal->allProcs` (PostgreSQL 17 made it a global).
+pub fn my_proc_number() -> i32 {
+    // SAFETY: MyProc / MyProcNumber are set for every process attached to shared memory.
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        {
+            (*pg_sys::MyProc).pgprocno
+        }
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+        {
+            pg_sys::MyProcNumber
+        }
+    }
+}
+
+/// Wakes the process with number `procno` (its latch).
+pub fn wake(procno: i32) {
+    if procno < 0 {
+        return;
+    }
+    // SAFETY: procno was read from a live registration in shared memory; SetLatch on another
+    // process's latch is how PostgreSQL wakes it (a stale number wakes some process spuriously,
+    // which every waiter tolerates).
+    unsafe {
+        let proc_ = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+        pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+    }
+}

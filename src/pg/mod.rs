@@ -5,6 +5,7 @@
 //! - `subtransaction`: work whose failure must not become the caller's failure;
 //! - `bookkeeping`: writes on the side of a COMMIT that must never fail or block it;
 //! - `jsonb`: jsonb values read token by token, so that no value a type admits is a parse error;
+//! - `shared_memory`: the segments of a preloaded library, attached in one place;
 //! - `clock`, `compat`: time, and the differences between PostgreSQL versions.
 
 pub mod bookkeeping;
@@ -12,6 +13,7 @@ pub mod clock;
 pub mod compat;
 pub mod jsonb;
 pub mod privileged;
+pub mod shared_memory;
 pub mod spi;
 pub mod subtransaction;
 

@@ -14,6 +14,8 @@
 
 pub mod admissions;
 pub mod binding;
+pub mod credit_queue;
+pub mod credit_writer;
 pub mod last_used;
 pub mod lookup;
 pub mod rate_limit_shmem;
@@ -262,8 +264,10 @@ fn verify_once(
             return Some(Outcome::with_key(Code::InsufficientPermissions, found));
         }
     }
-    let writes =
-        found.remaining.is_some() || (found.rate_limit.is_some() && !rate_limit_shmem::available());
+    // Credits spent through the credit writer need no write here (a READ ONLY transaction on
+    // the primary can spend them); the in-transaction spend checks for itself.
+    let writes = (found.remaining.is_some() && !credit_queue::available())
+        || (found.rate_limit.is_some() && !rate_limit_shmem::available());
     if writes {
         usage::require_read_write();
     }

@@ -18,6 +18,7 @@
 //! key has no window open in the table, so a window is never counted in both places.
 
 use crate::gucs::RATE_LIMIT_SLOTS;
+use crate::pg::shared_memory;
 use crate::rate_limit::{self, Taken, Window};
 use pgrx::pg_sys;
 use pgrx::pg_sys::Oid;
@@ -53,70 +54,34 @@ const HEADER: usize = 64;
 const _: () = assert!(PARTITIONS * std::mem::size_of::<AtomicU32>() <= HEADER);
 
 static mut SHARED: Option<Shared> = None;
-static mut PREV_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 fn slot_count() -> usize {
     let per = (RATE_LIMIT_SLOTS.get().max(1024) as usize).div_ceil(PARTITIONS);
     per * PARTITIONS
 }
 
-/// Called from `_PG_init`: registers the hooks when the library is being preloaded.
+fn bytes_needed() -> usize {
+    HEADER + slot_count() * std::mem::size_of::<Slot>()
+}
+
+/// Called from `_PG_init`: registers the segment when the library is being preloaded.
 pub fn init() {
-    // SAFETY: _PG_init runs single-threaded in the postmaster (or a backend); the hooks are
-    // chained as Postgres documents.
-    unsafe {
-        if !pg_sys::process_shared_preload_libraries_in_progress {
-            return;
-        }
-        PREV_REQUEST_HOOK = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(request);
-        PREV_STARTUP_HOOK = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(startup);
-    }
+    shared_memory::register(shared_memory::Segment {
+        name: SEGMENT,
+        bytes: bytes_needed,
+        tranche: TRANCHE,
+        locks: PARTITIONS,
+        attach,
+    });
 }
 
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn request() {
-    // SAFETY: called by the postmaster during shared memory sizing.
+fn attach(base: *mut u8, locks: *mut pg_sys::LWLockPadded) {
+    // SAFETY: the segment is the header, then slot_count() slots; SHARED is written once per
+    // process, while shared memory is attached.
     unsafe {
-        if let Some(prev) = PREV_REQUEST_HOOK {
-            // The previous hook is Postgres C code: pg_guard_ffi_boundary turns its longjmp
-            // into a Rust unwind, which is what the lint guards against.
-            #[allow(ffi_unwind_calls)]
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
-        }
-        pg_sys::RequestAddinShmemSpace(HEADER + slot_count() * std::mem::size_of::<Slot>());
-        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32);
-    }
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn startup() {
-    // SAFETY: runs in the postmaster (and in each backend under EXEC_BACKEND) while shared
-    // memory is being attached; AddinShmemInitLock serialises initialisation.
-    unsafe {
-        if let Some(prev) = PREV_STARTUP_HOOK {
-            // The previous hook is Postgres C code: pg_guard_ffi_boundary turns its longjmp
-            // into a Rust unwind, which is what the lint guards against.
-            #[allow(ffi_unwind_calls)]
-            pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
-        }
-        let count = slot_count();
-        let bytes = HEADER + count * std::mem::size_of::<Slot>();
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), bytes, &mut found).cast::<u8>();
-        if !found {
-            std::ptr::write_bytes(base, 0, bytes);
-        }
-        let slots = base.add(HEADER).cast::<Slot>();
-        let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        pg_sys::LWLockRelease(init_lock);
         SHARED = Some(Shared {
-            slots,
-            per_partition: count / PARTITIONS,
+            slots: base.add(HEADER).cast::<Slot>(),
+            per_partition: slot_count() / PARTITIONS,
             locks,
             overflowed: base.cast::<AtomicU32>(),
         });

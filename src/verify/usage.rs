@@ -8,6 +8,7 @@
 //! calendar arithmetic (`calendar.rs`), and reach SQL as values.
 
 use super::admissions;
+use super::credit_queue;
 use super::lookup;
 use super::rate_limit_shmem::{self, Decision, Opening};
 use crate::calendar::{self, Interval};
@@ -131,6 +132,28 @@ pub enum Spend {
 /// `refill_due` (the refill time `verify` read).
 pub fn spend(key_id: Uuid, cost: i32, refill_due: Option<i64>, now: i64, updated_at: i64) -> Spend {
     use crate::pg::oids::*;
+    use super::credit_queue::Outcome;
+    if let Some(answer) = credit_queue::spend(key_id, cost as i64, refill_due, now, updated_at) {
+        match answer.outcome {
+            Outcome::Spent => return Spend::Spent(answer.left),
+            Outcome::TooFew => {
+                return Spend::TooFew {
+                    left: answer.left,
+                    refilled: answer.refilled,
+                }
+            }
+            Outcome::KeyChanged => return Spend::KeyChanged,
+            Outcome::Unknown => Error::new(
+                PgSqlErrorCode::ERRCODE_TRANSACTION_RESOLUTION_UNKNOWN,
+                "api_key: the credit writer stopped while spending; the credits may have been spent",
+            )
+            .hint("Retry the request; check the key's remaining credits if it matters.")
+            .raise(),
+            Outcome::Retry => {}
+        }
+    }
+    // In the verifying transaction: it holds the key's row until it ends.
+    require_read_write();
     Spi::connect_mut(|client| {
         let args = [
             key_id.into(),

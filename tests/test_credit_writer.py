@@ -1,0 +1,203 @@
+"""With the library preloaded, credits are spent by the credit writer, a background worker, in
+transactions of its own: a verification holds no lock on the key past its call. Rolled-back
+spends are refunded shortly after. Exactness under concurrency, the lock test of issue 9,
+refunds, cancellation and a writer that goes away.
+
+Runs on the preloaded cluster of test_preloaded.py."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from test_preloaded import _can_run_clusters, cluster
+
+DB = "credit_writer"
+
+pytestmark = pytest.mark.skipif(not _can_run_clusters(), reason="scripts/cluster.sh needs root (sudo -u postgres)")
+
+
+def _connect(port: int, **kw) -> psycopg.Connection:
+    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=DB, autocommit=True,
+                           row_factory=dict_row, connect_timeout=10, **kw)
+
+
+@pytest.fixture(scope="module")
+def port():
+    cluster("stop")
+    port = int(cluster("start"))
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DB}"')
+    with _connect(port) as c:
+        c.execute("CREATE EXTENSION api_key")
+    yield port
+    cluster("stop")
+
+
+def new_key(c, remaining: int, **kw) -> dict:
+    extra = "".join(f", {k} => %({k})s" for k in kw)
+    return c.execute(f"SELECT id, key FROM api_key_create('u', remaining => %(r)s{extra})",
+                     {"r": remaining, **kw}).fetchone()
+
+
+def check(c, key: str, cost: int = 1) -> dict:
+    return c.execute("SELECT code, remaining FROM api_key_verify(%s, cost => %s)", [key, cost]).fetchone()
+
+
+def remaining(c, key_id) -> int:
+    return c.execute("SELECT remaining FROM api_key.keys WHERE id = %s", [key_id]).fetchone()["remaining"]
+
+
+def eventually(f, expected, seconds: float = 10):
+    deadline = time.time() + seconds
+    while True:
+        got = f()
+        if got == expected or time.time() > deadline:
+            return got
+        time.sleep(0.05)
+
+
+def test_a_transaction_left_open_after_authenticating_blocks_nobody(port):
+    """Issue 9's lock test: BEGIN; api_key_authenticate(…); the request's work…; meanwhile
+    another session verifies the same key at once."""
+    with _connect(port) as a, _connect(port, options="-c statement_timeout=3000") as b:
+        k = new_key(a, 100)
+        a.execute("BEGIN")
+        a.execute("SELECT api_key_authenticate(%s, cost => 2)", [k["key"]])
+        started = time.monotonic()
+        for _ in range(20):
+            assert check(b, k["key"])["code"] == "VALID"
+        assert time.monotonic() - started < 2, "the second session waited for the first one's transaction"
+        a.execute("COMMIT")
+        assert remaining(a, k["id"]) == 78
+
+
+def test_a_rolled_back_spend_is_refunded(port):
+    with _connect(port) as c:
+        k = new_key(c, 10)
+        with c.transaction(force_rollback=True):
+            assert check(c, k["key"], cost=4) == {"code": "VALID", "remaining": 6}
+        assert eventually(lambda: remaining(c, k["id"]), 10) == 10
+        with c.transaction():
+            c.execute("SAVEPOINT s")
+            assert check(c, k["key"], cost=3)["code"] == "VALID"
+            c.execute("ROLLBACK TO SAVEPOINT s")
+            assert check(c, k["key"], cost=2)["code"] == "VALID"
+        assert eventually(lambda: remaining(c, k["id"]), 8) == 8
+        # A refused authentication aborts its transaction: a spend before it comes back.
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            with c.transaction():
+                assert check(c, k["key"], cost=5)["code"] == "VALID"
+                c.execute("SELECT api_key_authenticate(%s, cost => 100)", [k["key"]])
+        assert eventually(lambda: remaining(c, k["id"]), 8) == 8
+
+
+def test_a_read_only_transaction_on_the_primary_spends(port):
+    with _connect(port) as c:
+        k = new_key(c, 3)
+        with c.transaction():
+            c.execute("SET TRANSACTION READ ONLY")
+            assert check(c, k["key"]) == {"code": "VALID", "remaining": 2}
+        assert remaining(c, k["id"]) == 2
+
+
+def test_exact_under_concurrency_with_rollbacks(port):
+    credits, threads, calls = 500, 8, 120
+    with _connect(port) as c:
+        k = new_key(c, credits)
+    committed = [0] * threads
+    errors = []
+
+    def worker(n: int):
+        rng = random.Random(n)
+        try:
+            with _connect(port) as w:
+                for _ in range(calls):
+                    cost = rng.randint(1, 3)
+                    rollback = rng.random() < 0.3
+                    with w.transaction(force_rollback=rollback):
+                        r = check(w, k["key"], cost)
+                        assert r["code"] in ("VALID", "USAGE_EXCEEDED"), r
+                        if r["code"] == "VALID":
+                            assert r["remaining"] >= 0
+                            if not rollback:
+                                committed[n] += cost
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+    with _connect(port) as c:
+        assert eventually(lambda: remaining(c, k["id"]), credits - sum(committed)) == credits - sum(committed)
+
+
+def test_a_change_in_progress_holds_the_keys_spends_until_it_ends(port):
+    """The writer never waits for another transaction: it leaves the key queued while a
+    management call holds its row, and answers for the key as that call left it."""
+    with _connect(port) as a, _connect(port) as b:
+        k = new_key(a, 10)
+        a.execute("BEGIN")
+        a.execute("SELECT api_key_update(%s, enabled => false)", [k["id"]])
+        answer = {}
+        t = threading.Thread(target=lambda: answer.update(check(b, k["key"])))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive(), "the verification did not wait for the change in progress"
+        # Other keys are not held up meanwhile.
+        with _connect(port) as c:
+            other = new_key(c, 5)
+            assert check(c, other["key"])["code"] == "VALID"
+        a.execute("COMMIT")
+        t.join(timeout=10)
+        assert answer["code"] == "DISABLED"
+        assert remaining(a, k["id"]) == 10
+
+
+def test_a_cancelled_verification_spends_nothing(port):
+    with _connect(port) as a, _connect(port) as b:
+        k = new_key(a, 10)
+        a.execute("BEGIN")
+        a.execute("SELECT api_key_update(%s, name => 'held')", [k["id"]])
+        b.execute("SET statement_timeout = 300")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            check(b, k["key"])
+        b.execute("RESET statement_timeout")
+        a.execute("ROLLBACK")
+        time.sleep(0.3)
+        assert remaining(a, k["id"]) == 10
+        assert check(b, k["key"]) == {"code": "VALID", "remaining": 9}
+
+
+def test_a_writer_that_goes_away_is_replaced(port):
+    with _connect(port) as c:
+        k = new_key(c, 10)
+        assert check(c, k["key"])["code"] == "VALID"
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'api_key credit writer'")
+        time.sleep(0.3)
+        assert check(c, k["key"]) == {"code": "VALID", "remaining": 8}
+        # Idle writers leave, so that DROP DATABASE is not refused because of them.
+        assert eventually(lambda: c.execute("SELECT count(*) AS n FROM pg_stat_activity "
+                                            "WHERE backend_type = 'api_key credit writer'").fetchone()["n"], 0) == 0
+
+
+def test_with_the_writer_off_the_verifying_transaction_spends(port):
+    with _connect(port) as a, _connect(port, options="-c lock_timeout=500") as b:
+        k = new_key(a, 10)
+        a.execute("SET api_key.credit_writer = off")
+        a.execute("BEGIN")
+        assert check(a, k["key"])["code"] == "VALID"
+        # The old way: the key's row stays locked until the transaction ends.
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            check(b, k["key"])
+        a.execute("ROLLBACK")
+        assert remaining(a, k["id"]) == 10
