@@ -103,6 +103,7 @@ LABELS = {
     "verify_credits": "api_key_verify, credits, spread",
     "verify_hot_rate": "api_key_verify, ONE hot key, rate limit",
     "verify_hot_credits": "api_key_verify, ONE hot key, credits",
+    "verify_hot_credits_request": "api_key_authenticate + work + COMMIT, ONE hot key, credits",
     "handrolled_hot": "hand-rolled PL/pgSQL, ONE hot key, credits",
     "verify_argon": "api_key_verify, argon2id config",
     "verify_100k": "api_key_verify, table of 100,000 keys",
@@ -113,6 +114,10 @@ LABELS = {
     "verify_plain_untracked_preload": "preloaded: api_key_verify, plain, analytics off",
     "verify_rate_preload": "preloaded: api_key_verify, rate limit, spread",
     "verify_hot_rate_preload": "preloaded: api_key_verify, ONE hot key, rate limit",
+    "handrolled_preload": "preloaded: hand-rolled PL/pgSQL verify, credits",
+    "verify_credits_preload": "preloaded: api_key_verify, credits, spread (credit writer)",
+    "verify_hot_credits_preload": "preloaded: api_key_verify, ONE hot key, credits (credit writer)",
+    "verify_hot_credits_request_preload": "preloaded: authenticate + work + COMMIT, ONE hot key, credits",
     "better_auth_no_rate_limit": "better-auth 1.7.5 verifyApiKey, no rate limit",
     "better_auth_rate_limit": "better-auth 1.7.5 verifyApiKey, rate limit",
 }
@@ -138,6 +143,9 @@ def targets():
         ("verify_plain_preload", "≥ 0.9 × analytics off", "ratio", "verify_plain_untracked_preload", 0.9),
         ("verify_rate_preload", "≥ 0.8 × baseline", "ratio", "baseline_preload", 0.8),
         ("verify_hot_rate_preload", "≥ 0.5 × baseline", "ratio", "baseline_preload", 0.5),
+        ("verify_credits_preload", "≥ 1.0 × hand-rolled", "ratio", "handrolled_preload", 1.0),
+        ("verify_hot_credits_preload", "≥ 0.5 × spread credits", "ratio", "verify_credits_preload", 0.5),
+        ("verify_hot_credits_request_preload", "≥ 0.5 × spread credits", "ratio", "verify_credits_preload", 0.5),
     ]
     # Every SHA-256 verification mode against the better-auth peer: rate-limited modes against
     # its rate-limited run, the others against its run without rate limit.

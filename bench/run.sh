@@ -268,6 +268,11 @@ scenario verify_hot_credits bench verify_hot_credits.sql "${D[@]}"
 check verify_hot_credits "credits spent = verifications" "$(txns verify_hot_credits)" \
     "$((1000000000000 - $(q bench "SELECT remaining FROM api_key.keys WHERE name = 'hot credits'")))"
 
+before=$(q bench "SELECT remaining FROM api_key.keys WHERE name = 'hot credits'")
+scenario verify_hot_credits_request bench verify_hot_credits_request.sql "${D[@]}"
+check verify_hot_credits_request "credits spent = verifications" "$(txns verify_hot_credits_request)" \
+    "$((before - $(q bench "SELECT remaining FROM api_key.keys WHERE name = 'hot credits'")))"
+
 # Reference for the hot key with credits: the hand-rolled function on the same single key.
 scenario handrolled_hot bench handrolled_hot.sql "${D[@]}"
 
@@ -313,6 +318,15 @@ if [ -z "${BENCH_SKIP_PRELOAD:-}" ]; then
     scenario verify_rate_preload bench verify_rate.sql "${D[@]}"
     scenario verify_hot_rate_preload bench verify_hot_rate.sql "${D[@]}"
     check verify_rate_preload "rate_limit_windows table untouched (rows/admitted)" "$before" "$(table_rows)"
+    # Credits through the credit writer (no row lock held past the verification).
+    scenario handrolled_preload bench handrolled.sql "${D[@]}"
+    for s in verify_credits verify_hot_credits verify_hot_credits_request; do
+        case $s in verify_credits) where="name LIKE 'credits %'" ;; *) where="name = 'hot credits'" ;; esac
+        before=$(q bench "SELECT sum(remaining) FROM api_key.keys WHERE $where")
+        scenario "${s}_preload" bench "$s.sql" "${D[@]}"
+        check "${s}_preload" "credits spent = verifications" "$(txns "${s}_preload")" \
+            "$((before - $(q bench "SELECT sum(remaining) FROM api_key.keys WHERE $where")))"
+    done
 fi
 
 if [ "$(so_stamp)" != "$SO_STAMP" ]; then
