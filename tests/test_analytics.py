@@ -15,43 +15,25 @@ import time
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from helpers import DBNAME, cluster_port, create, expect_error, uid, verify
-from test_preloaded import _can_run_clusters, cluster
+from helpers import create, expect_error, uid, verify
+from test_preloaded import _can_run_clusters, cluster, connect, database_on, fresh_database
 
 DB = "analytics"
 GARBAGE = "sk_definitely_not_a_key"
 
 
 def _connect(port: int, dbname: str) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, autocommit=True,
-                           row_factory=dict_row, connect_timeout=10)
+    return connect(port, dbname)
 
 
 @pytest.fixture(scope="module", params=["backend_memory", "shared_memory"])
 def storage(request, database):
     """A function that opens a superuser connection to a database where counts wait in that
     storage."""
-    if request.param == "backend_memory":
-        port, dbname = cluster_port(), DBNAME
-    else:
-        if not _can_run_clusters():
-            pytest.skip("scripts/cluster.sh needs root (sudo -u postgres)")
-        cluster("stop")
-        port, dbname = int(cluster("start")), DB
-        with _connect(port, "postgres") as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{dbname}"')
-        with _connect(port, dbname) as c:
-            c.execute("CREATE EXTENSION api_key")
-    connect = lambda: _connect(port, dbname)  # noqa: E731
-    connect.port = port
-    with connect() as c:
-        preloaded = "api_key" in c.execute("SHOW shared_preload_libraries").fetchone()["shared_preload_libraries"]
-    assert preloaded == (request.param == "shared_memory")
-    yield connect
-    if request.param == "shared_memory":
+    preloaded = request.param == "shared_memory"
+    yield database_on(preloaded, DB)
+    if preloaded:
         cluster("stop")
 
 
@@ -271,13 +253,10 @@ def preloaded():
         pytest.skip("scripts/cluster.sh needs root (sudo -u postgres)")
     cluster("stop")
     port = int(cluster("start"))
+    fresh_database(port, DB)
     with _connect(port, "postgres") as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{DB}"')
         admin.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
         admin.execute("SELECT pg_reload_conf()")
-    with _connect(port, DB) as c:
-        c.execute("CREATE EXTENSION api_key")
     yield port
     with _connect(port, "postgres") as admin:
         admin.execute("ALTER SYSTEM RESET api_key.usage_flush_interval")

@@ -13,9 +13,8 @@ import time
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from test_preloaded import _can_run_clusters, cluster
+from test_preloaded import _can_run_clusters, cluster, connect, fresh_database
 
 DB = "credit_writer"
 
@@ -23,19 +22,14 @@ pytestmark = pytest.mark.skipif(not _can_run_clusters(), reason="scripts/cluster
 
 
 def _connect(port: int, **kw) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=DB, autocommit=True,
-                           row_factory=dict_row, connect_timeout=10, **kw)
+    return connect(port, DB, **kw)
 
 
 @pytest.fixture(scope="module")
 def port():
     cluster("stop")
     port = int(cluster("start"))
-    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{DB}"')
-    with _connect(port) as c:
-        c.execute("CREATE EXTENSION api_key")
+    fresh_database(port, DB)
     yield port
     cluster("stop")
 

@@ -48,9 +48,38 @@ def port():
         cluster("stop")
 
 
-def connect(port: int, dbname: str) -> psycopg.Connection:
+def connect(port: int, dbname: str, **kw) -> psycopg.Connection:
     return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, autocommit=True,
-                           row_factory=dict_row, connect_timeout=10)
+                           row_factory=dict_row, connect_timeout=10, **kw)
+
+
+def fresh_database(port: int, dbname: str) -> None:
+    """Creates `dbname` afresh on the cluster at `port`, with the extension."""
+    with connect(port, "postgres") as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    with connect(port, dbname) as c:
+        c.execute("CREATE EXTENSION api_key")
+
+
+def database_on(preloaded: bool, dbname: str):
+    """A function that opens a superuser connection to a database where the library is preloaded
+    (`dbname`, created afresh on this module's cluster, started now: stop it after) or not (the
+    main test database). Checks which it got."""
+    from helpers import DBNAME, cluster_port
+    if preloaded:
+        if not _can_run_clusters():
+            pytest.skip("scripts/cluster.sh needs root (sudo -u postgres)")
+        cluster("stop")
+        port = int(cluster("start"))
+        fresh_database(port, dbname)
+    else:
+        port, dbname = cluster_port(), DBNAME
+    opened = lambda: connect(port, dbname)  # noqa: E731
+    with opened() as c:
+        libraries = c.execute("SHOW shared_preload_libraries").fetchone()["shared_preload_libraries"]
+    assert ("api_key" in libraries) == preloaded
+    return opened
 
 
 @pytest.fixture

@@ -15,40 +15,18 @@ import time
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from helpers import DBNAME, cluster_port
-from test_preloaded import _can_run_clusters, cluster
+from test_preloaded import cluster, database_on
 
 DB = "rate_limit_storages"
-
-
-def _connect(port: int, dbname: str) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, autocommit=True,
-                           row_factory=dict_row, connect_timeout=10)
 
 
 @pytest.fixture(scope="module", params=["table", "shared_memory"])
 def storage(request, database):
     """A function that opens a superuser connection to a database of that storage."""
-    if request.param == "table":
-        port, dbname = cluster_port(), DBNAME
-    else:
-        if not _can_run_clusters():
-            pytest.skip("scripts/cluster.sh needs root (sudo -u postgres)")
-        cluster("stop")
-        port, dbname = int(cluster("start")), DB
-        with _connect(port, "postgres") as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{dbname}"')
-        with _connect(port, dbname) as c:
-            c.execute("CREATE EXTENSION api_key")
-    connect = lambda: _connect(port, dbname)  # noqa: E731
-    with connect() as c:
-        preloaded = "api_key" in c.execute("SHOW shared_preload_libraries").fetchone()["shared_preload_libraries"]
-    assert preloaded == (request.param == "shared_memory")
-    yield connect
-    if request.param == "shared_memory":
+    preloaded = request.param == "shared_memory"
+    yield database_on(preloaded, DB)
+    if preloaded:
         cluster("stop")
 
 

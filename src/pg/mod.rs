@@ -3,6 +3,7 @@
 //! - `privileged`: the extension's own SQL runs as the extension's owner with a search path no
 //!   caller can write to, and nothing it sets outlives it;
 //! - `subtransaction`: work whose failure must not become the caller's failure;
+//! - `transaction_list`: values that live and die with the transaction and its savepoints;
 //! - `bookkeeping`: writes on the side of a COMMIT that must never fail or block it;
 //! - `jsonb`: jsonb values read token by token, so that no value a type admits is a parse error;
 //! - `shared_memory`: the segments of a preloaded library, attached in one place;
@@ -16,6 +17,7 @@ pub mod privileged;
 pub mod shared_memory;
 pub mod spi;
 pub mod subtransaction;
+pub mod transaction_list;
 
 /// A datum handed to SPI as it is, typed by the oid it is passed with.
 pub struct RawDatum(pub pgrx::pg_sys::Datum);

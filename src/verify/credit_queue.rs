@@ -21,9 +21,9 @@
 use crate::gucs::CREDIT_WRITER;
 use crate::pg::compat::{my_proc_number, wake};
 use crate::pg::shared_memory;
+use crate::pg::transaction_list::List;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::Uuid;
-use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 
 const REQUESTS: usize = 1024;
@@ -335,21 +335,9 @@ impl Waiting {
     /// the answer if the writer was faster.
     fn withdraw(self) -> Option<Answer> {
         let slot = self.slot;
-        std::mem::forget(self);
-        let taken_back = with_queue(|requests, _| {
-            let r = &mut requests[slot];
-            if r.state == State::Queued {
-                r.state = State::Free;
-                true
-            } else {
-                false
-            }
-        })
-        .unwrap_or(true);
-        if taken_back {
-            None
-        } else {
-            Some(Waiting { slot }.wait())
+        match self.withdraw_now() {
+            Some(_) => None,
+            None => Some(Waiting { slot }.wait()),
         }
     }
 
@@ -415,18 +403,18 @@ impl Waiting {
         }
     }
 
-    /// Like `withdraw`, for the wait loop: a `Retry` answer when taken back.
+    /// Takes the request back if the writer has not taken it: a `Retry` answer (spend in the
+    /// transaction); None when the writer has it.
     fn withdraw_now(self) -> Option<Answer> {
         let slot = self.slot;
         std::mem::forget(self);
         let taken_back = with_queue(|requests, _| {
             let r = &mut requests[slot];
-            if r.state == State::Queued {
+            let queued = r.state == State::Queued;
+            if queued {
                 r.state = State::Free;
-                true
-            } else {
-                false
             }
+            queued
         })
         .unwrap_or(true);
         taken_back.then_some(Answer {
@@ -481,45 +469,22 @@ fn may_hold_the_row() -> bool {
 struct Spent {
     key: [u8; 16],
     cost: i64,
-    subxact: pg_sys::SubTransactionId,
 }
 
 thread_local! {
-    static SPENT: RefCell<Vec<Spent>> = const { RefCell::new(Vec::new()) };
-    static CALLBACKS: Cell<bool> = const { Cell::new(false) };
+    static SPENT: &'static List<Spent> = List::new(|_| {}, refund);
 }
 
 /// Remembers a spend of the current transaction, to refund it if the transaction (or its
 /// savepoint) rolls back.
 fn remember(key: [u8; 16], cost: i64) {
-    if cost == 0 {
-        return;
+    if cost != 0 && SPENT.with(|s| s.len()) < MAX_REMEMBERED {
+        SPENT.with(|s| s.push(Spent { key, cost }));
     }
-    if !CALLBACKS.with(|c| c.replace(true)) {
-        // SAFETY: registers plain callbacks for this backend's transaction events.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-        }
-    }
-    // SAFETY: reads backend state.
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    SPENT.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < MAX_REMEMBERED {
-            s.push(Spent { key, cost, subxact });
-        }
-    });
 }
 
-/// Queues refunds for the spends `refund` selects; forgets them.
-fn refund_where(refund: impl Fn(&Spent) -> bool) {
-    let refunds: Vec<Spent> = SPENT.with(|s| {
-        let mut s = s.borrow_mut();
-        let (out, kept) = std::mem::take(&mut *s).into_iter().partition(|x| refund(x));
-        *s = kept;
-        out
-    });
+/// Queues refunds for the spends of a transaction or savepoint that rolled back.
+fn refund(refunds: Vec<Spent>) {
     let database = database();
     for x in refunds {
         let queued = enqueue(Request {
@@ -544,37 +509,5 @@ fn refund_where(refund: impl Fn(&Spent) -> bool) {
             Some((_, None)) => {}
             None => pgrx::log!("api_key: the credit queue is full; a rolled-back spend stays spent"),
         }
-    }
-}
-
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => refund_where(|_| true),
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            SPENT.with(|s| s.borrow_mut().clear())
-        }
-        _ => {}
-    }
-}
-
-/// Subtransaction ids grow: what a rolled-back level (or one inside it) spent has an id at
-/// least its own.
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
-    sub: pg_sys::SubTransactionId,
-    parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        refund_where(|x| x.subxact >= sub);
-    } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB {
-        SPENT.with(|s| {
-            for x in s.borrow_mut().iter_mut().filter(|x| x.subxact == sub) {
-                x.subxact = parent;
-            }
-        });
     }
 }
