@@ -16,8 +16,8 @@ import time
 import psycopg
 import pytest
 
-from helpers import create, expect_error, uid, verify
-from test_preloaded import _can_run_clusters, cluster, connect, database_on, fresh_database
+from helpers import ROOT, conninfo, create, expect_error, uid, verify
+from test_preloaded import CLUSTER, _can_run_clusters, cluster, connect, database_on, fresh_database
 
 DB = "analytics"
 GARBAGE = "sk_definitely_not_a_key"
@@ -325,3 +325,107 @@ def test_a_crash_loses_at_most_the_counts_not_yet_written(preloaded):
         with _connect(preloaded, "postgres") as admin:
             admin.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
             admin.execute("SELECT pg_reload_conf()")
+
+
+# Found by review: what must not happen around a flush.
+
+def test_a_flush_that_rolls_back_keeps_the_counts(storage):
+    with storage() as c:
+        k = new_key(c, uid("u"), remaining=10)
+        assert check(c, k["key"], cost=2) == "VALID"
+        with c.transaction(force_rollback=True):
+            c.execute("SELECT api_key_flush_usage()")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("SELECT api_key_flush_usage(), 1/0")
+        assert usage(c, "usage_by_minute", k["id"]) == {("VALID", ()): (1, 2)}
+
+
+def test_tags_must_be_one_flat_set_of_visible_labels(storage):
+    with storage() as c:
+        k = new_key(c, uid("u"))
+        for bad, words in [("{{a,b},{c,d}}", "one-dimensional"), ("{\"a\u200b\"}", "invisible"),
+                           ("{\" a\"}", "white space"), ("{(other)}", "reserved")]:
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+                c.execute("SELECT code FROM api_key_verify(%s, tags => %s::text[])", [k["key"], bad])
+            assert words in str(e.value), (bad, str(e.value))
+        assert c.execute("SELECT code FROM api_key_verify(%s, tags => '[5:6]={a,b}'::text[])",
+                         [k["key"]]).fetchone()["code"] == "VALID"
+
+
+def test_flushing_needs_a_read_write_transaction(storage):
+    with storage() as c:
+        with c.transaction(force_rollback=True):
+            c.execute("SET TRANSACTION READ ONLY")
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                c.execute("SELECT api_key_flush_usage()")
+
+
+def test_backends_exiting_together_lose_no_counts(su):
+    """Without preloading: a pool closing its connections at once (each writes at exit)."""
+    k = create(su, reference_id=uid("u"))
+    conns = [psycopg.connect(conninfo("postgres"), autocommit=True) for _ in range(20)]
+    for c in conns:
+        c.execute("SELECT api_key_verify(%s)", [k["key"]])
+    threads = [threading.Thread(target=c.close) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.time() + 10
+    while True:
+        n = su.val("SELECT coalesce(sum(verifications), 0) FROM api_key.usage_by_minute WHERE key_id = %s", [k["id"]])
+        if n == 20 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert n == 20
+
+
+def test_a_commit_never_waits_for_the_usage_table(su, new_client):
+    """Without preloading, a commit that writes counts takes the usage table's lock only if it
+    is free at once: a queued ACCESS EXCLUSIVE lock (VACUUM FULL behind a reader) must not hold
+    it up."""
+    su.conn.execute("LOAD 'api_key'")
+    su.conn.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
+    su.conn.execute("SELECT pg_reload_conf()")
+    reader, locker = new_client("postgres"), new_client("postgres")
+    try:
+        k = create(su, reference_id=uid("u"))
+        c = new_client("postgres")
+        verify(c, k["key"])
+        time.sleep(1.2)  # a write is due at c's next commit that verifies
+        reader.conn.execute("BEGIN")
+        reader.conn.execute("SELECT count(*) FROM api_key.usage")
+        def lock():
+            locker.conn.execute("BEGIN")
+            locker.conn.execute("LOCK TABLE api_key.usage IN ACCESS EXCLUSIVE MODE")
+
+        t = threading.Thread(target=lock)
+        t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        verify(c, k["key"])  # commits
+        assert time.monotonic() - started < 2
+    finally:
+        reader.conn.execute("ROLLBACK")
+        t.join(timeout=10)
+        locker.conn.execute("ROLLBACK")
+        su.conn.execute("ALTER SYSTEM RESET api_key.usage_flush_interval")
+        su.conn.execute("SELECT pg_reload_conf()")
+
+
+def test_counts_of_a_dropped_database_are_discarded(preloaded):
+    """Counts waiting for a database that is dropped can never be written: the launcher tries
+    once, then forgets them (it used to start a failing worker every interval, forever)."""
+    gone = DB + "_gone"
+    with _connect(preloaded, "postgres") as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{gone}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{gone}"')
+        oid = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", [gone]).fetchone()["oid"]
+    with _connect(preloaded, gone) as d:
+        d.execute("CREATE EXTENSION api_key")
+        check(d, GARBAGE)
+    with _connect(preloaded, "postgres") as admin:
+        admin.execute(f'DROP DATABASE "{gone}"')
+    time.sleep(4)
+    log = (ROOT / ".build" / CLUSTER / "server.log").read_text(errors="replace")
+    assert log.count(f"database {oid} does not exist") <= 1

@@ -17,7 +17,10 @@ use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::time::Duration;
 
+/// How long an exiting backend waits for another writer.
+const EXIT_PATIENCE: Duration = Duration::from_secs(2);
 /// Buckets that make a write due however recent the last one.
 const BATCH: usize = 1024;
 /// Buckets held at most; beyond, new buckets are not counted (and the loss is logged).
@@ -147,24 +150,32 @@ unsafe extern "C-unwind" fn at_transaction_end(
         return;
     };
     bookkeeping::commit_locally();
-    if let Err(unwritten) = writer::write_quietly(batch) {
+    if let Err(unwritten) = writer::write_quietly(batch, Duration::ZERO) {
         put_back(unwritten);
     }
 }
 
+/// At a normal exit: preloaded, into shared memory; else written in a transaction of its own,
+/// waiting a little for another writer (backends of a pool often exit together). What still
+/// cannot be placed is lost, and the server log says how much.
 #[pg_guard]
 unsafe extern "C-unwind" fn at_exit(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
     if shmem::available() {
         move_to_shared_memory();
-        return;
-    }
-    let held = take_all();
-    if held.is_empty() {
-        return;
-    }
-    bookkeeping::at_exit(code, || {
-        for chunk in held.chunks(BATCH) {
-            let _ = writer::write_quietly(chunk.to_vec());
+    } else {
+        let held = take_all();
+        if !held.is_empty() {
+            bookkeeping::at_exit(code, || {
+                for chunk in held.chunks(BATCH) {
+                    if let Err(unwritten) = writer::write_quietly(chunk.to_vec(), EXIT_PATIENCE) {
+                        put_back(unwritten);
+                    }
+                }
+            });
         }
-    });
+    }
+    let lost: i64 = take_all().iter().map(|(_, c)| c.verifications).sum::<i64>() + take_lost();
+    if lost > 0 {
+        pgrx::log!("api_key: {lost} verifications were not counted in the usage analytics: the backend exited before they could be written (see docs/analytics.md)");
+    }
 }

@@ -26,12 +26,13 @@ use std::hash::{Hash, Hasher};
 
 const PARTITIONS: usize = 16;
 const MAX_PROBE: usize = 64;
+/// Dictionary entries a tag set is looked for in (from its hash's place) before it counts as
+/// `{(other)}`: a full dictionary costs a bounded look.
+const MAX_TAG_PROBE: usize = 64;
 const SEGMENT: &CStr = c"api_key usage counts";
 const TRANCHE: &CStr = c"api_key_usage";
 /// The tag set number of a tag set that found no room in the dictionary.
 const OTHER: u16 = u16::MAX;
-/// What such a tag set is counted as.
-pub const OTHER_TAG: &str = "(other)";
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -56,6 +57,8 @@ struct TagSetEntry {
 }
 
 struct Shared {
+    /// The database the last flush worker connected to (see `worker.rs`).
+    connected: *const std::sync::atomic::AtomicU32,
     slots: *mut Slot,
     per_partition: usize,
     tag_sets: *mut TagSetEntry,
@@ -79,8 +82,12 @@ fn tag_set_count() -> usize {
     USAGE_TAG_SETS.get().clamp(1, OTHER as i32 - 1) as usize
 }
 
+/// Room before the slots, for `connected`.
+const HEADER: usize = 64;
+
 fn bytes_needed() -> usize {
-    slot_count() * std::mem::size_of::<Slot>()
+    HEADER
+        + slot_count() * std::mem::size_of::<Slot>()
         + tag_set_count() * std::mem::size_of::<TagSetEntry>()
 }
 
@@ -96,11 +103,12 @@ pub fn init() {
 }
 
 fn attach(base: *mut u8, locks: *mut pg_sys::LWLockPadded) {
-    let slots = base.cast::<Slot>();
-    // SAFETY: the segment holds slot_count() slots, then tag_set_count() entries; SHARED is
-    // written once per process, while shared memory is attached.
+    // SAFETY: the segment holds the header, slot_count() slots, then tag_set_count() entries;
+    // SHARED is written once per process, while shared memory is attached.
     unsafe {
+        let slots = base.add(HEADER).cast::<Slot>();
         SHARED = Some(Shared {
+            connected: base.cast(),
             slots,
             per_partition: slot_count() / PARTITIONS,
             tag_sets: slots.add(slot_count()).cast::<TagSetEntry>(),
@@ -149,7 +157,7 @@ fn tag_set_number(shared: &Shared, tags: &TagSet) -> u16 {
     let joined = tags.joined().as_bytes();
     let start = (hash_of(&(database.to_u32(), joined)) % shared.tag_set_count as u64) as usize;
     let find = |insert: bool| -> Option<u16> {
-        for step in 0..shared.tag_set_count {
+        for step in 0..MAX_TAG_PROBE.min(shared.tag_set_count) {
             let i = (start + step) % shared.tag_set_count;
             // SAFETY: i < tag_set_count; entries are read and written under the dictionary
             // lock only.
@@ -173,18 +181,15 @@ fn tag_set_number(shared: &Shared, tags: &TagSet) -> u16 {
     let dictionary = PARTITIONS;
     let number = locked(shared, dictionary, pg_sys::LWLockMode::LW_SHARED, || find(false))
         .or_else(|| locked(shared, dictionary, pg_sys::LWLockMode::LW_EXCLUSIVE, || find(true)));
-    match number {
-        Some(n) => {
-            KNOWN.with(|k| k.borrow_mut().insert(tags.clone(), n));
-            n
-        }
-        None => OTHER,
-    }
+    // Remembered either way: a tag set that found no room is not looked for again.
+    let n = number.unwrap_or(OTHER);
+    KNOWN.with(|k| k.borrow_mut().insert(tags.clone(), n));
+    n
 }
 
 /// The tag set a number stands for, in this database.
 fn tag_set(shared: &Shared, number: u16) -> TagSet {
-    let other = || TagSet::parse([Some(OTHER_TAG)]).unwrap_or_default();
+    let other = TagSet::other;
     match number {
         0 => TagSet::default(),
         OTHER => other(),
@@ -278,12 +283,59 @@ pub fn databases_with_counts() -> Vec<Oid> {
     found
 }
 
+/// The flush worker notes the database it connected to; the launcher reads it.
+pub fn note_connected(database: Oid) {
+    if let Some(shared) = shared() {
+        // SAFETY: an atomic in the segment's header.
+        unsafe { &*shared.connected }.store(database.to_u32(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+pub fn connected() -> Oid {
+    shared().map_or(pg_sys::InvalidOid, |shared| {
+        // SAFETY: an atomic in the segment's header.
+        Oid::from(unsafe { &*shared.connected }.load(std::sync::atomic::Ordering::SeqCst))
+    })
+}
+
+/// Forgets a database's counts (it was dropped: no worker can connect to it); how many
+/// verifications they held.
+pub fn discard(database: Oid) -> i64 {
+    let Some(shared) = shared() else {
+        return 0;
+    };
+    take_of(shared, database)
+        .iter()
+        .map(|s| s.verifications)
+        .sum()
+}
+
 /// Takes this database's counts out of shared memory.
 pub fn take() -> Vec<(Bucket, Counts)> {
     let Some(shared) = shared() else {
         return Vec::new();
     };
-    let database = database();
+    take_of(shared, database())
+        .into_iter()
+        .filter_map(|s| {
+            Some((
+                Bucket {
+                    key: s.key,
+                    minute: s.minute,
+                    code: Code::from_index(s.code)?,
+                    tags: tag_set(shared, s.tag_set),
+                },
+                Counts {
+                    verifications: s.verifications,
+                    credits: s.credits,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Takes the slots of `database` out of shared memory.
+fn take_of(shared: &Shared, database: Oid) -> Vec<Slot> {
     let mut taken: Vec<Slot> = Vec::new();
     let mut others: Vec<Slot> = Vec::with_capacity(shared.per_partition);
     for partition in 0..PARTITIONS {
@@ -315,20 +367,4 @@ pub fn take() -> Vec<(Bucket, Counts)> {
         });
     }
     taken
-        .into_iter()
-        .filter_map(|s| {
-            Some((
-                Bucket {
-                    key: s.key,
-                    minute: s.minute,
-                    code: Code::from_index(s.code)?,
-                    tags: tag_set(shared, s.tag_set),
-                },
-                Counts {
-                    verifications: s.verifications,
-                    credits: s.credits,
-                },
-            ))
-        })
-        .collect()
 }

@@ -14,6 +14,15 @@ pub const MAX_TAG_BYTES: usize = 64;
 pub const SEPARATOR: char = '\u{1f}';
 /// Longest joined tag set, in bytes.
 pub const MAX_JOINED_BYTES: usize = MAX_TAGS * (MAX_TAG_BYTES + 1);
+/// The tag set that a tag set is counted as when shared memory has no room for it; reserved.
+pub const OTHER: &str = "(other)";
+
+/// Characters that are invisible or reorder text (Unicode format characters): a tag with one
+/// looks like another tag.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
 
 /// A normalised tag set, joined by `SEPARATOR`; empty for no tags.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -38,6 +47,15 @@ impl TagSet {
             if tag.chars().any(char::is_control) {
                 return Err(format!("tag {position} contains a control character"));
             }
+            if tag.chars().any(invisible) {
+                return Err(format!("tag {position} contains an invisible character"));
+            }
+            if tag.trim() != tag {
+                return Err(format!("tag {position} starts or ends with white space"));
+            }
+            if tag == OTHER {
+                return Err(format!("tag {position} is reserved: {OTHER} stands for tag sets that were not counted apart"));
+            }
             set.push(tag);
         }
         set.sort_unstable();
@@ -49,6 +67,11 @@ impl TagSet {
             ));
         }
         Ok(TagSet(set.join(&SEPARATOR.to_string())))
+    }
+
+    /// The tag set a tag set is counted as when there is no room for it.
+    pub fn other() -> TagSet {
+        TagSet(OTHER.to_string())
     }
 
     /// A tag set read back from its joined form (shared memory); `None` if it is not one.
@@ -93,6 +116,9 @@ mod tests {
         assert_eq!(parse(&["a", ""]).unwrap_err(), "tag 2 is empty");
         assert!(parse(&[&"x".repeat(65)]).unwrap_err().contains("64 bytes"));
         assert!(parse(&["a\nb"]).unwrap_err().contains("control"));
+        assert!(parse(&["a\u{200b}"]).unwrap_err().contains("invisible"));
+        assert!(parse(&[" "]).unwrap_err().contains("white space"));
+        assert!(parse(&["(other)"]).unwrap_err().contains("reserved"));
         assert_eq!(
             TagSet::parse([Some("a"), None]).unwrap_err(),
             "tag 2 is NULL"

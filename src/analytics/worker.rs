@@ -47,7 +47,9 @@ fn interval() -> Duration {
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn api_key_usage_launcher(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SIGTERM keeps PostgreSQL's default for workers: exit at once (with code 1, so that the
+    // postmaster starts the launcher again unless the server is stopping).
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     while BackgroundWorker::wait_latch(Some(interval())) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: rereads postgresql.conf, as every worker does on SIGHUP.
@@ -88,40 +90,64 @@ fn flush_in(database: pg_sys::Oid) -> bool {
         pgrx::log!("api_key: could not start a worker to write usage counts (max_worker_processes?)");
         return true;
     };
+    shmem::note_connected(pg_sys::InvalidOid);
+    let stopped = wait_for(worker);
+    if stopped && shmem::connected() != database {
+        // It could not connect: the database was dropped (or takes no connections). Its
+        // counts can never be written.
+        let lost = shmem::discard(database);
+        if lost > 0 {
+            pgrx::log!("api_key: {lost} verifications of database {database:?}, which cannot be connected to (dropped?), were not counted");
+        }
+    }
+    stopped || BackgroundWorker::wait_latch(Some(Duration::ZERO))
+}
+
+/// Waits for a flush worker to stop (stopping it after `FLUSH_TIMEOUT`); false when the
+/// postmaster is gone.
+fn wait_for(worker: pgrx::bgworkers::DynamicBackgroundWorker) -> bool {
     // Not WaitForBackgroundWorkerShutdown: it would wait forever for a worker that a server
-    // shutting down never starts, and ignores SIGTERM.
+    // shutting down never starts.
     let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
+    let mut terminated = false;
     loop {
         match worker.pid() {
-            Err(BackgroundWorkerStatus::Stopped) | Err(BackgroundWorkerStatus::PostmasterDied) => {
-                return true
-            }
-            _ if std::time::Instant::now() > deadline => {
+            Err(BackgroundWorkerStatus::Stopped) => return true,
+            Err(BackgroundWorkerStatus::PostmasterDied) => return false,
+            Ok(pid) if !terminated && std::time::Instant::now() > deadline => {
                 pgrx::log!("api_key: a usage flush took longer than {FLUSH_TIMEOUT:?}; stopping it");
-                worker.terminate();
-                return true;
+                // SAFETY: signals our own worker, which ends at its next interrupt check (its
+                // counts go back to shared memory with its transaction).
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                terminated = true;
             }
             _ => {}
         }
         // The postmaster sets our latch when the worker's state changes (notify pid).
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
-            worker.terminate();
             return false;
         }
     }
 }
 
-/// A flush worker: connects to the database it was started for, writes its counts, exits.
+/// How long a flush worker waits for another writer (a transaction that called
+/// `api_key_flush_usage()` and is still open) before leaving the counts for the next round.
+const WRITER_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A flush worker: connects to the database it was started for, writes its counts, exits. An
+/// error rolls its transaction back, which puts the counts back in shared memory.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn api_key_usage_flush(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    crate::pg::compat::die_on_sigterm();
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::empty());
     let database = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    shmem::note_connected(database);
     BackgroundWorker::transaction(|| {
         crate::pg::bookkeeping::commit_locally();
-        if let Err(e) = writer::flush(false) {
-            pgrx::log!("api_key: usage counts not written: {}", e.message);
+        if let Err(e) = writer::flush(true, false, Some(WRITER_PATIENCE)) {
+            e.raise();
         }
     });
 }

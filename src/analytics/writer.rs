@@ -7,6 +7,7 @@ use super::{local, shmem, Bucket, Counts};
 use crate::error::{Error, OrRaise};
 use crate::gucs::{USAGE_HOUR_RETENTION, USAGE_MINUTE_RETENTION};
 use crate::pg::privileged::as_extension_owner;
+use crate::pg::transaction_list::List;
 use crate::pg::{bookkeeping, clock, spi};
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -131,14 +132,28 @@ fn purge() -> Result<(), Error> {
     })
 }
 
-/// Writes `counts` on the side of a COMMIT (`pg::bookkeeping`): never raising, never waiting
-/// for another writer. What was not written comes back.
-pub fn write_quietly(counts: Vec<(Bucket, Counts)>) -> Result<(), Vec<(Bucket, Counts)>> {
-    if !installed() {
+/// Writes `counts` on the side of a COMMIT (`pg::bookkeeping`): never raising, and waiting
+/// for another writer (or the tables' locks) at most `patience` (none at a COMMIT: a backend
+/// that exits may wait a little). What was not written comes back.
+pub fn write_quietly(
+    counts: Vec<(Bucket, Counts)>,
+    patience: std::time::Duration,
+) -> Result<(), Vec<(Bucket, Counts)>> {
+    let Some((usage, keys)) = relations() else {
         return Ok(()); // the extension was dropped: nothing to write to
-    }
-    let written = bookkeeping::quietly(|| lock_writer(false), || write(&counts).map(|_| ()));
-    if written {
+    };
+    let lock = move || {
+        patiently(patience, || {
+            // SAFETY: lock requests that answer at once; held to the end of the
+            // subtransaction's parent when granted, like any lock a statement takes.
+            lock_writer(false)
+                && unsafe {
+                    pg_sys::ConditionalLockRelationOid(usage, pg_sys::RowExclusiveLock as i32)
+                        && pg_sys::ConditionalLockRelationOid(keys, pg_sys::AccessShareLock as i32)
+                }
+        })
+    };
+    if bookkeeping::quietly(lock, || write(&counts).map(|_| ())) {
         report_lost();
         Ok(())
     } else {
@@ -146,13 +161,30 @@ pub fn write_quietly(counts: Vec<(Bucket, Counts)>) -> Result<(), Vec<(Bucket, C
     }
 }
 
-/// Whether this database has the extension's usage table.
-fn installed() -> bool {
-    // SAFETY: a catalog lookup by name that answers InvalidOid when absent.
+/// Tries `lock` until it answers true or `patience` has passed (sleeping 10 ms between tries).
+fn patiently(patience: std::time::Duration, lock: impl Fn() -> bool) -> bool {
+    let until = std::time::Instant::now() + patience;
+    loop {
+        if lock() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        // SAFETY: a plain sleep; interrupts are checked by the caller's next statement.
+        unsafe { pg_sys::pg_usleep(10_000) };
+    }
+}
+
+/// The usage table and the keys table of this database, if the extension is installed here.
+fn relations() -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    // SAFETY: catalog lookups by name that answer InvalidOid when absent.
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"api_key".as_ptr(), true);
-        schema != pg_sys::InvalidOid
-            && pg_sys::get_relname_relid(c"usage".as_ptr(), schema) != pg_sys::InvalidOid
+        let usage = pg_sys::get_relname_relid(c"usage".as_ptr(), schema);
+        let keys = pg_sys::get_relname_relid(c"keys".as_ptr(), schema);
+        (schema != pg_sys::InvalidOid && usage != pg_sys::InvalidOid && keys != pg_sys::InvalidOid)
+            .then_some((usage, keys))
     }
 }
 
@@ -166,33 +198,47 @@ fn report_lost() {
     }
 }
 
-/// Writes every count of this database waiting in shared memory (and, with `own`, in this
-/// backend), waiting for another writer if need be, then applies the retention settings. The
-/// number of rows written. On error the counts are put back, and the error raised.
-pub fn flush(own: bool) -> Result<i64, Error> {
-    if !installed() {
-        let _ = shmem::take();
-        return Ok(0);
+thread_local! {
+    /// Counts the current transaction took out of memory to write: put back if it rolls back
+    /// (the rows it wrote roll back with it).
+    static TAKEN: &'static List<Vec<(Bucket, Counts)>> = List::new(|_| {}, |batches| {
+        for batch in batches {
+            put_back(batch);
+        }
+    });
+}
+
+/// Writes in the current transaction the counts of this database waiting in shared memory
+/// (`shared`) and in this backend (`own`), then applies the retention settings; the rows
+/// written. Waits for another writer at most `patience` (None: as long as it takes), and
+/// then writes nothing (`Ok(None)`). Counts taken out come back if the transaction rolls back.
+pub fn flush(
+    shared: bool,
+    own: bool,
+    patience: Option<std::time::Duration>,
+) -> Result<Option<i64>, Error> {
+    if relations().is_none() {
+        if shared {
+            let _ = shmem::take(); // the extension is not (or no longer) here
+        }
+        return Ok(Some(0));
     }
-    lock_writer(true);
-    let mut counts = shmem::take();
+    let locked = match patience {
+        None => lock_writer(true),
+        Some(patience) => patiently(patience, || lock_writer(false)),
+    };
+    if !locked {
+        return Ok(None);
+    }
+    let mut counts = if shared { shmem::take() } else { Vec::new() };
     if own {
         counts.extend(local::take_all());
     }
-    let attempt = std::panic::AssertUnwindSafe(|| write(&counts));
-    let result = PgTryBuilder::new(attempt)
-        .catch_others(|e| {
-            put_back(counts.clone());
-            e.rethrow()
-        })
-        .execute();
-    if result.is_err() {
-        put_back(counts);
-        return result;
-    }
+    TAKEN.with(|t| t.push(counts.clone()));
+    let written = write(&counts)?;
     purge()?;
     report_lost();
-    result
+    Ok(Some(written))
 }
 
 fn put_back(counts: Vec<(Bucket, Counts)>) {
@@ -201,10 +247,22 @@ fn put_back(counts: Vec<(Bucket, Counts)>) {
     }
 }
 
-/// Write the usage counts waiting in memory now, instead of at the next background flush, and
-/// apply the retention settings. Returns the number of rows written (a bucket is written to
-/// its minute, hour and day rows). Waits for a flush in progress.
+/// Write the usage counts waiting in memory now, instead of at the next flush, and apply the
+/// retention settings. Returns the number of rows written (a count goes to its minute, hour
+/// and day rows). The service (and superusers) write the counts waiting in shared memory and in
+/// their own backend; other callers only their own backend's (without preloading, the
+/// verifications this connection made). Waits for a flush in progress. 25006 in a read-only
+/// transaction.
 #[pg_extern(volatile, parallel_unsafe)]
 fn api_key_flush_usage() -> i64 {
-    flush(true).or_raise()
+    if !bookkeeping::can_write() {
+        Error::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "api_key_flush_usage needs a read-write transaction",
+        )
+        .hint("Call it on the primary, outside READ ONLY transactions.")
+        .raise();
+    }
+    let service = crate::access::Principal::for_policy().is_some_and(|p| p.is_service());
+    flush(service, true, None).or_raise().unwrap_or(0)
 }

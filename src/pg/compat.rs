@@ -79,3 +79,24 @@ pub fn wake(procno: i32) {
         pg_sys::SetLatch(&raw mut (*proc_).procLatch);
     }
 }
+
+/// A background worker connected to a database ends on SIGTERM as a backend does (`die`: at
+/// the next interrupt check, which every lock and latch wait makes), instead of PostgreSQL's
+/// default for workers, which raises FATAL from the signal handler wherever the worker is.
+pub fn die_on_sigterm() {
+    unsafe extern "C-unwind" {
+        /// PostgreSQL's SIGTERM handler for backends (tcop/postgres.c): sets ProcDiePending.
+        fn die(postgres_signal_arg: std::ffi::c_int);
+    }
+    // SAFETY: installs PostgreSQL's own handler, before signals are unblocked.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        {
+            pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        }
+        #[cfg(feature = "pg18")]
+        {
+            pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(die));
+        }
+    }
+}

@@ -59,7 +59,10 @@ pub fn start(database: pg_sys::Oid) -> bool {
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn api_key_credit_writer(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SIGTERM ends the writer at its next interrupt check, never inside a commit; waits for
+    // table locks are interrupted too.
+    crate::pg::compat::die_on_sigterm();
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
     let database = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     if !credit_queue::register_writer() {
@@ -77,6 +80,7 @@ pub extern "C-unwind" fn api_key_credit_writer(arg: pg_sys::Datum) {
             if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
                 return;
             }
+            pgrx::check_for_interrupts!();
             continue;
         }
         idle_since = clock::now();
@@ -87,6 +91,7 @@ pub extern "C-unwind" fn api_key_credit_writer(arg: pg_sys::Datum) {
         if !progress && !BackgroundWorker::wait_latch(Some(Duration::from_millis(10))) {
             return;
         }
+        pgrx::check_for_interrupts!();
     }
 }
 

@@ -8,9 +8,11 @@
 //! Cost: the key is read by two primary-key index probes without SQL (`lookup.rs`). A key
 //! with a rate limit adds a few hundred nanoseconds in shared memory when the library is
 //! preloaded, else a locked read and a guarded write of an UNLOGGED row; a key with credits
-//! adds one guarded UPDATE, durable because credits must survive a crash. Both guards check
-//! that the key is still the version that was read (`updated_at`): a verification that waited
-//! for a lock starts again when it is not.
+//! adds a durable spend: by the credit writer's transaction when preloaded (`credit_queue.rs`:
+//! nothing stays locked after the call), else one guarded UPDATE in this transaction. Both
+//! guards check that the key is still the version that was read (`updated_at`): a verification
+//! that waited starts again when it is not. Every outcome is then counted for the usage
+//! analytics (`crate::analytics`), in memory.
 
 pub mod admissions;
 pub mod binding;
@@ -148,13 +150,23 @@ fn requested(
         .transpose()?;
     let tags = match tags {
         None => TagSet::default(),
-        Some(tags) => TagSet::parse(tags.iter()).map_err(|problem| {
-            Error::invalid(format!("tags: {problem}")).hint(format!(
-                "Pass at most {} tags of 1 to {} bytes, like ARRAY['GET /v1/files'].",
-                analytics::tags::MAX_TAGS,
-                analytics::tags::MAX_TAG_BYTES
-            ))
-        })?,
+        Some(tags) => {
+            let items: Vec<Option<String>> = tags.iter().map(|t| t.map(str::to_owned)).collect();
+            // SAFETY: reads the header of the array argument.
+            let dimensions = unsafe { (*tags.into_array_type()).ndim };
+            let parsed = if dimensions > 1 {
+                Err("must be a one-dimensional array".to_string())
+            } else {
+                TagSet::parse(items.iter().map(|t| t.as_deref()))
+            };
+            parsed.map_err(|problem| {
+                Error::invalid(format!("tags: {problem}")).hint(format!(
+                    "Pass at most {} tags of 1 to {} bytes, like ARRAY['GET /v1/files'].",
+                    analytics::tags::MAX_TAGS,
+                    analytics::tags::MAX_TAG_BYTES
+                ))
+            })?
+        }
     };
     Ok(Request {
         permissions,
