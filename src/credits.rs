@@ -66,10 +66,27 @@ pub fn spend(balance: &mut Balance, ask: Spend) -> Spent {
     Spent::Spent { left }
 }
 
-/// Gives `cost` credits back (a spend whose transaction rolled back); an unlimited key stays so.
-pub fn refund(balance: &mut Balance, cost: i64) {
-    if let Some(r) = balance.remaining {
-        balance.remaining = Some(r.saturating_add(cost.max(0)));
+/// A spend to give back (its transaction rolled back), with the balance it left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refund {
+    pub cost: i64,
+    /// The key's version when it was spent.
+    pub version: i64,
+    /// The key's last refill after the spend.
+    pub refilled: i64,
+}
+
+/// Gives a spend back, if the balance is still the one it left behind apart from other spends
+/// and credit additions: the same version (a balance set outright or a change of the key's
+/// settings makes a new one) and no refill since (a refill already topped the balance up).
+/// Otherwise the credits stay spent, which never gives more than was paid for. True when given.
+pub fn refund(balance: &mut Balance, refund: Refund) -> bool {
+    match balance.remaining {
+        Some(r) if balance.version == refund.version && balance.refilled == refund.refilled => {
+            balance.remaining = Some(r.saturating_add(refund.cost.max(0)));
+            true
+        }
+        _ => false,
     }
 }
 
@@ -129,13 +146,28 @@ mod tests {
     }
 
     #[test]
-    fn refunds_give_back_and_leave_unlimited_alone() {
+    fn refunds_give_back_only_to_the_balance_the_spend_left() {
+        let back = Refund { cost: 4, version: 7, refilled: 100 };
         let mut b = key(1);
-        refund(&mut b, 4);
+        assert!(refund(&mut b, back));
         assert_eq!(b.remaining, Some(5));
-        let mut unlimited = Balance { remaining: None, ..key(0) };
-        refund(&mut unlimited, 4);
-        assert_eq!(unlimited.remaining, None);
+        // Set outright since (a new version), refilled since, or unlimited: stays spent.
+        for mut other in [Balance { version: 8, ..key(1) }, Balance { refilled: 200, ..key(1) },
+                          Balance { remaining: None, ..key(1) }] {
+            let before = other;
+            assert!(!refund(&mut other, back));
+            assert_eq!(other, before);
+        }
+    }
+
+    #[test]
+    fn a_spend_then_its_refund_leaves_the_balance_as_it_was() {
+        let mut b = key(0);
+        let due = Spend { refill_due: Some(100), ..ask(3) };
+        assert_eq!(spend(&mut b, due), Spent::Spent { left: 7 });
+        let refilled = b.refilled;
+        assert!(refund(&mut b, Refund { cost: 3, version: 7, refilled }));
+        assert_eq!(b.remaining, Some(10));
     }
 
     proptest! {

@@ -195,3 +195,73 @@ def test_with_the_writer_off_the_verifying_transaction_spends(port):
             check(b, k["key"])
         a.execute("ROLLBACK")
         assert remaining(a, k["id"]) == 10
+
+
+# Found by review.
+
+def test_a_verification_whose_backend_is_terminated_spends_nothing(port):
+    with _connect(port) as holder, _connect(port) as admin:
+        k = new_key(admin, 100)
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM api_key.keys WHERE id = %s FOR UPDATE", [k["id"]])
+        victims = [_connect(port, options="-c deadlock_timeout=60s") for _ in range(5)]
+        threads = []
+        for v in victims:
+            def run(v=v):
+                try:
+                    check(v, k["key"])
+                except psycopg.Error:
+                    pass
+            threads.append(threading.Thread(target=run))
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        pids = [v.info.backend_pid for v in victims]
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+        for t in threads:
+            t.join(timeout=10)
+        holder.execute("ROLLBACK")
+        assert eventually(lambda: remaining(admin, k["id"]), 100) == 100
+        time.sleep(0.5)
+        assert remaining(admin, k["id"]) == 100
+
+
+def test_a_transaction_holding_the_keys_table_still_verifies(port):
+    with _connect(port, options="-c statement_timeout=10000") as c:
+        k = new_key(c, 10)
+        for lock in ["LOCK TABLE api_key.keys IN SHARE MODE", "CREATE INDEX keys_by_name_tmp ON api_key.keys (name)"]:
+            with c.transaction(force_rollback=True):
+                c.execute(lock)
+                assert check(c, k["key"])["code"] == "VALID"
+        assert remaining(c, k["id"]) == 10
+
+
+def test_a_writer_that_cannot_start_leaves_verifications_to_their_transactions(port):
+    with _connect(port, options="-c statement_timeout=20000") as c, \
+            psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as admin:
+        k = new_key(c, 10)
+        time.sleep(2.5)  # the idle writer leaves
+        admin.execute(f'ALTER DATABASE "{DB}" ALLOW_CONNECTIONS false')
+        try:
+            assert check(c, k["key"]) == {"code": "VALID", "remaining": 9}
+        finally:
+            admin.execute(f'ALTER DATABASE "{DB}" ALLOW_CONNECTIONS true')
+        assert check(c, k["key"]) == {"code": "VALID", "remaining": 8}
+
+
+def test_a_refund_never_undoes_a_balance_set_after_the_spend(port):
+    with _connect(port) as a, _connect(port) as b:
+        k = new_key(a, 100)
+        a.execute("BEGIN")
+        assert check(a, k["key"], cost=10)["code"] == "VALID"
+        b.execute("SELECT api_key_credits_set(%s, 0)", [k["id"]])
+        a.execute("ROLLBACK")
+        time.sleep(0.5)
+        assert remaining(b, k["id"]) == 0
+        # A refund after an addition still gives back.
+        b.execute("SELECT api_key_credits_set(%s, 50)", [k["id"]])
+        a.execute("BEGIN")
+        assert check(a, k["key"], cost=10)["code"] == "VALID"
+        b.execute("SELECT api_key_credits_add(%s, 5)", [k["id"]])
+        a.execute("ROLLBACK")
+        assert eventually(lambda: remaining(b, k["id"]), 55) == 55

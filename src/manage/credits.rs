@@ -17,8 +17,9 @@ use pgrx::Uuid;
 
 // A balance changed by a number is not a change of the key's settings: `updated_at`, which a
 // verification waiting on the key checks (`verify/usage.rs`), stays, and that verification's
-// guarded spend simply sees the new balance. Only unlimited credits given or taken away ($4)
-// change what the key is.
+// guarded spend simply sees the new balance. A balance set outright, or unlimited credits
+// given or taken away ($4), is a new version: a refund of a spend made before it (the credit
+// writer's, `verify/credit_queue.rs`) must not undo it.
 const STORE: &str = "
     UPDATE api_key.keys AS k
        SET remaining = $2, updated_at = CASE WHEN $4 THEN $3 ELSE k.updated_at END
@@ -130,7 +131,7 @@ fn operate(
                 &[UUIDOID, INT8OID, TIMESTAMPTZOID, BOOLOID],
                 true,
             )?;
-            let unlimited_changed = after.is_none() != key.remaining.is_none();
+            let new_version = op == Operation::Set || after.is_none() != key.remaining.is_none();
             client
                 .update(
                     &*store,
@@ -139,7 +140,7 @@ fn operate(
                         id.into(),
                         after.into(),
                         timestamptz_arg(Some(now)),
-                        unlimited_changed.into(),
+                        new_version.into(),
                     ],
                 )
                 .map_err(spi::failed)?;

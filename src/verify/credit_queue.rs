@@ -80,10 +80,11 @@ pub struct Request {
     pub database: Oid,
     pub key: [u8; 16],
     pub cost: i64,
-    /// The refill time the verification found due, if it found one.
+    /// The refill time the verification found due, if it found one (a refund: the key's last
+    /// refill after the spend).
     pub refill_due: Option<i64>,
     pub now: i64,
-    /// The key's version the verification checked.
+    /// The key's version the verification checked (a refund: the version it spent).
     pub updated_at: i64,
     /// Who waits (a proc number), or -1.
     pub waiter: i32,
@@ -94,11 +95,23 @@ pub struct Request {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Writer {
+pub struct Writer {
     database: Oid,
     /// Its proc number once running, -1 while starting.
     procno: i32,
     used: bool,
+    /// When it was started (microseconds): one that has not registered within
+    /// `STARTUP_GRACE` never will (it could not connect, or not be forked).
+    since: i64,
+}
+
+/// How long a writer may take to start.
+const STARTUP_GRACE: i64 = 5_000_000;
+
+impl Writer {
+    fn alive(&self) -> bool {
+        self.used && (self.procno >= 0 || crate::pg::clock::now() - self.since < STARTUP_GRACE)
+    }
 }
 
 struct Shared {
@@ -179,30 +192,42 @@ pub fn available() -> bool {
     shared().is_some() && CREDIT_WRITER.get() && !unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// The database's writer: Some(procno) when running (-1 while starting), None when none.
+/// The database's writer: Some(procno) when running (-1 while starting), None when none (or
+/// one that failed to start).
 fn writer_of(writers: &[Writer], database: Oid) -> Option<i32> {
     writers
         .iter()
-        .find(|w| w.used && w.database == database)
+        .find(|w| w.alive() && w.database == database)
         .map(|w| w.procno)
 }
 
-/// Claims the writer entry of `database` for a writer about to be started; false when one
-/// exists or there is no room.
-fn claim_writer(writers: &mut [Writer], database: Oid) -> bool {
+/// What `claim_writer` found.
+enum Claim {
+    /// A writer runs or is starting.
+    Exists,
+    /// Claimed: start one. `failed`: the previous start never registered.
+    Claimed { failed: bool },
+    /// No room for another database's writer.
+    Full,
+}
+
+/// Claims the writer entry of `database` for a writer about to be started.
+fn claim_writer(writers: &mut [Writer], database: Oid) -> Claim {
     if writer_of(writers, database).is_some() {
-        return false;
+        return Claim::Exists;
     }
-    match writers.iter_mut().find(|w| !w.used) {
-        Some(w) => {
-            *w = Writer {
-                database,
-                procno: -1,
-                used: true,
-            };
-            true
-        }
-        None => false,
+    let stale = writers.iter().position(|w| w.used && w.database == database);
+    let Some(i) = stale.or_else(|| writers.iter().position(|w| !w.used)) else {
+        return Claim::Full;
+    };
+    writers[i] = Writer {
+        database,
+        procno: -1,
+        used: true,
+        since: crate::pg::clock::now(),
+    };
+    Claim::Claimed {
+        failed: stale.is_some(),
     }
 }
 
@@ -232,17 +257,37 @@ pub fn register_writer() -> bool {
 }
 
 /// Starts a writer for `database` unless one runs or is starting. False when none runs and
-/// none could be started.
+/// none could be started. When the last one started never registered (the database takes no
+/// connections, or was dropped), the refunds queued for it are dropped (they stay spent) and
+/// none is started this time: the verifications spend in their own transactions.
 pub fn ensure_writer(database: Oid) -> bool {
-    let claimed = with_queue(|_, writers| claim_writer(writers, database)).unwrap_or(false);
-    if !claimed {
-        return with_queue(|_, writers| writer_of(writers, database).is_some()).unwrap_or(false);
-    }
-    if super::credit_writer::start(database) {
-        true
-    } else {
-        release_writer(database);
-        false
+    let claim = with_queue(|requests, writers| {
+        let claim = claim_writer(writers, database);
+        let mut dropped = 0;
+        if let Claim::Claimed { failed: true } = claim {
+            for r in requests.iter_mut().filter(|r| {
+                r.state == State::Queued && r.database == database && r.kind == Kind::Refund
+            }) {
+                r.state = State::Free;
+                dropped += 1;
+            }
+        }
+        (claim, dropped)
+    });
+    match claim {
+        Some((Claim::Exists, _)) => true,
+        Some((Claim::Claimed { failed: false }, _)) => {
+            super::credit_writer::start(database) || {
+                release_writer(database);
+                false
+            }
+        }
+        Some((Claim::Claimed { failed: true }, dropped)) => {
+            release_writer(database);
+            pgrx::log!("api_key: the credit writer of database {database:?} did not start; {dropped} queued refunds were dropped (those credits stay spent)");
+            false
+        }
+        Some((Claim::Full, _)) | None => false,
     }
 }
 
@@ -274,7 +319,22 @@ fn enqueue(request: Request) -> Option<(usize, Option<i32>)> {
 pub struct Answer {
     pub outcome: Outcome,
     pub left: Option<i64>,
+    /// The key's last refill (after the spend, for `Spent`; as it is, for `TooFew`).
     pub refilled: i64,
+}
+
+thread_local! {
+    /// The slot this backend waits for, if any: a backend that exits while waiting (FATAL:
+    /// terminated, or its client gone) leaves it to the writer, as a cancelled wait does.
+    static WAITING: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    static EXIT_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn abandon_at_exit(_code: std::os::raw::c_int, _arg: pg_sys::Datum) {
+    if let Some(slot) = WAITING.with(|w| w.take()) {
+        abandon(slot);
+    }
 }
 
 /// Spend `cost` credits of `key_id` through the writer, waiting for its answer. None when the
@@ -307,7 +367,7 @@ pub fn spend(
         refilled: 0,
     };
     let (slot, writer) = enqueue(request)?;
-    let waiting = Waiting { slot };
+    let waiting = Waiting::new(slot);
     match writer {
         Some(procno) => wake(procno),
         None => {
@@ -318,7 +378,12 @@ pub fn spend(
     }
     let answer = waiting.wait();
     if answer.outcome == Outcome::Spent {
-        remember(*key_id.as_bytes(), cost);
+        remember(Spent {
+            key: *key_id.as_bytes(),
+            cost,
+            version: updated_at,
+            refilled: answer.refilled,
+        });
     }
     Some(answer)
 }
@@ -331,13 +396,28 @@ struct Waiting {
 }
 
 impl Waiting {
+    fn new(slot: usize) -> Waiting {
+        if !EXIT_CALLBACK.with(|c| c.replace(true)) {
+            // SAFETY: registers a callback for this backend's exit.
+            unsafe { pg_sys::before_shmem_exit(Some(abandon_at_exit), pg_sys::Datum::from(0)) };
+        }
+        WAITING.with(|w| w.set(Some(slot)));
+        Waiting { slot }
+    }
+
+    /// No longer waiting: the slot was freed (or handed back) by the caller.
+    fn done(self) {
+        WAITING.with(|w| w.set(None));
+        std::mem::forget(self);
+    }
+
     /// Takes the request back before the writer saw it; None (spend in the transaction), or
     /// the answer if the writer was faster.
     fn withdraw(self) -> Option<Answer> {
         let slot = self.slot;
         match self.withdraw_now() {
             Some(_) => None,
-            None => Some(Waiting { slot }.wait()),
+            None => Some(Waiting::new(slot).wait()),
         }
     }
 
@@ -364,16 +444,17 @@ impl Waiting {
             })
             .unwrap_or((None, false));
             if let Some(answer) = done {
-                std::mem::forget(self);
+                self.done();
                 return answer;
             }
             if locked {
                 let since = *locked_since.get_or_insert_with(std::time::Instant::now);
                 if may_hold_the_row() || since.elapsed() >= lock_patience() {
                     if let Some(answer) = (Waiting { slot: self.slot }).withdraw_now() {
-                        std::mem::forget(self);
+                        self.done();
                         return answer;
                     }
+                    WAITING.with(|w| w.set(Some(self.slot)));
                 }
             }
             // SAFETY: waits on this backend's own latch, as PostgreSQL's own waits do; the
@@ -396,9 +477,10 @@ impl Waiting {
             .unwrap_or(false);
             if queued_without_writer && !ensure_writer(database) {
                 if let Some(answer) = (Waiting { slot: self.slot }).withdraw_now() {
-                    std::mem::forget(self);
+                    self.done();
                     return answer;
                 }
+                WAITING.with(|w| w.set(Some(self.slot)));
             }
         }
     }
@@ -407,7 +489,7 @@ impl Waiting {
     /// transaction); None when the writer has it.
     fn withdraw_now(self) -> Option<Answer> {
         let slot = self.slot;
-        std::mem::forget(self);
+        self.done();
         let taken_back = with_queue(|requests, _| {
             let r = &mut requests[slot];
             let queued = r.state == State::Queued;
@@ -427,26 +509,35 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let refund = with_queue(|requests, writers| {
-            let r = &mut requests[self.slot];
-            match r.state {
-                State::Queued => r.state = State::Free,
-                State::Taken => r.abandoned = true,
-                State::Done if r.outcome == Outcome::Spent => {
-                    r.kind = Kind::Refund;
-                    r.waiter = -1;
-                    r.state = State::Queued;
-                    return writer_of(writers, r.database);
-                }
-                State::Done => r.state = State::Free,
-                State::Free => {}
+        WAITING.with(|w| w.set(None));
+        abandon(self.slot);
+    }
+}
+
+/// Leaves a request whose waiter is gone (a cancel, a timeout, an exit) to the writer: taken
+/// back if it is still queued, marked abandoned if the writer has it (a spend it makes is then
+/// refunded), turned into a refund if it was spent already.
+fn abandon(slot: usize) {
+    let refund = with_queue(|requests, writers| {
+        let r = &mut requests[slot];
+        match r.state {
+            State::Queued => r.state = State::Free,
+            State::Taken => r.abandoned = true,
+            State::Done if r.outcome == Outcome::Spent => {
+                r.kind = Kind::Refund;
+                r.waiter = -1;
+                r.refill_due = Some(r.refilled);
+                r.state = State::Queued;
+                return writer_of(writers, r.database);
             }
-            None
-        })
-        .flatten();
-        if let Some(procno) = refund {
-            wake(procno);
+            State::Done => r.state = State::Free,
+            State::Free => {}
         }
+        None
+    })
+    .flatten();
+    if let Some(procno) = refund {
+        wake(procno);
     }
 }
 
@@ -469,6 +560,9 @@ fn may_hold_the_row() -> bool {
 struct Spent {
     key: [u8; 16],
     cost: i64,
+    /// The key's version when spent, and its last refill after the spend (`credits::Refund`).
+    version: i64,
+    refilled: i64,
 }
 
 thread_local! {
@@ -477,9 +571,9 @@ thread_local! {
 
 /// Remembers a spend of the current transaction, to refund it if the transaction (or its
 /// savepoint) rolls back.
-fn remember(key: [u8; 16], cost: i64) {
-    if cost != 0 && SPENT.with(|s| s.len()) < MAX_REMEMBERED {
-        SPENT.with(|s| s.push(Spent { key, cost }));
+fn remember(spent: Spent) {
+    if spent.cost != 0 && SPENT.with(|s| s.len()) < MAX_REMEMBERED {
+        SPENT.with(|s| s.push(spent));
     }
 }
 
@@ -496,9 +590,9 @@ fn refund(refunds: Vec<Spent>) {
             database,
             key: x.key,
             cost: x.cost,
-            refill_due: None,
+            refill_due: Some(x.refilled),
             now: 0,
-            updated_at: 0,
+            updated_at: x.version,
             waiter: -1,
             left: None,
             refilled: 0,

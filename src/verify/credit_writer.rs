@@ -177,6 +177,17 @@ fn apply_in(client: &mut SpiClient<'_>, round: &[(usize, Request)]) -> Vec<(usiz
     let store = spi::statement(client, STORE, &[UUIDOID, INT8OID, TIMESTAMPTZOID, BOOLOID], true)
         .unwrap_or_else(|e| e.raise());
     let mut answers = Vec::with_capacity(round.len());
+    // The table's lock only if it is free at once: a transaction that holds a conflicting one
+    // (CREATE INDEX, LOCK TABLE) may be one of the verifications waiting for this round, and
+    // its wait is invisible to the deadlock detector. Its requests stay queued ("locked"), and
+    // it spends in its own transaction.
+    let free = crate::pg::privileged::keys_relation().is_some_and(|keys| {
+        // SAFETY: a lock request that answers at once, held to the end of this transaction.
+        unsafe { pg_sys::ConditionalLockRelationOid(keys, pg_sys::RowExclusiveLock as i32) }
+    });
+    if !free {
+        return round.iter().map(|(slot, _)| (*slot, None)).collect();
+    }
     for (key, requests) in by_key {
         let id = Uuid::from_bytes(key);
         let rows = client
@@ -212,7 +223,12 @@ fn apply_in(client: &mut SpiClient<'_>, round: &[(usize, Request)]) -> Vec<(usiz
         for (slot, r) in requests {
             let answer = match r.kind {
                 Kind::Refund => {
-                    credits::refund(&mut balance, r.cost);
+                    let back = credits::Refund {
+                        cost: r.cost,
+                        version: r.updated_at,
+                        refilled: r.refill_due.unwrap_or(0),
+                    };
+                    credits::refund(&mut balance, back);
                     (Outcome::Spent, balance.remaining, 0)
                 }
                 Kind::Spend => {
@@ -223,7 +239,7 @@ fn apply_in(client: &mut SpiClient<'_>, round: &[(usize, Request)]) -> Vec<(usiz
                         version: r.updated_at,
                     };
                     match credits::spend(&mut balance, ask) {
-                        Spent::Spent { left } => (Outcome::Spent, Some(left), 0),
+                        Spent::Spent { left } => (Outcome::Spent, Some(left), balance.refilled),
                         Spent::TooFew { left, refilled } => (Outcome::TooFew, left, refilled),
                         Spent::KeyChanged => (Outcome::KeyChanged, None, 0),
                     }
@@ -266,6 +282,7 @@ fn publish(answers: Vec<(usize, Answer)>) {
                 Kind::Spend if r.abandoned && outcome == Outcome::Spent => {
                     r.kind = Kind::Refund;
                     r.waiter = -1;
+                    r.refill_due = Some(refilled);
                     r.state = State::Queued;
                 }
                 Kind::Spend if r.abandoned => r.state = State::Free,
@@ -303,14 +320,19 @@ unsafe extern "C-unwind" fn at_exit(_code: std::os::raw::c_int, _arg: pg_sys::Da
             .iter_mut()
             .filter(|r| r.state == State::Taken && r.database == database)
         {
+            let undecided = IN_ROUND.with(|r| r.get());
             if r.kind == Kind::Spend && !r.abandoned {
-                r.outcome = if IN_ROUND.with(|r| r.get()) {
+                r.outcome = if undecided {
                     Outcome::Unknown
                 } else {
                     Outcome::Retry
                 };
                 r.state = State::Done;
                 wake.push(r.waiter);
+            } else if undecided {
+                // A refund, or a spend nobody waits for, that may have been applied: applying
+                // it again could give back twice; dropping it keeps credits spent at worst.
+                r.state = State::Free;
             } else {
                 r.state = State::Queued;
             }
