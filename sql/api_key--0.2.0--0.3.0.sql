@@ -168,9 +168,10 @@ COMMENT ON FUNCTION @extschema@.api_key_next_refill_at(api_key.keys) IS
     'When the key (a row of api_key.keys) next refills its credits: refill_interval after the last refill, or the next point of its calendar schedule (refill_anchor); NULL without a refill.';
 
 -- 0.3.0: verification analytics (src/analytics). Counts are added up in memory and written
--- in batches, each into its minute, hour and day rows at once; minute and hour rows are
--- removed after api_key.usage_minute_retention / usage_hour_retention. Read through the
--- views api_key.usage_by_minute, _hour and _day.
+-- in batches as minute rows; completed hours are rolled up into hour rows and completed days
+-- into day rows by the flush (api_key.usage_rollup says how far), and the views add up what
+-- is not rolled up yet. Minute and hour rows are removed after api_key.usage_minute_retention
+-- / usage_hour_retention once rolled up. Read through api_key.usage_by_minute, _hour and _day.
 CREATE TABLE api_key.usage (
     resolution     text NOT NULL CHECK (resolution IN ('minute', 'hour', 'day')),
     bucket         timestamptz NOT NULL,
@@ -189,32 +190,62 @@ COMMENT ON COLUMN api_key.usage.key_id IS 'NULL for verifications of keys that w
 COMMENT ON COLUMN api_key.usage.reference_id IS 'The key''s owner when the counts were written; NULL for keys not found, or deleted before their counts were written';
 CREATE INDEX usage_by_reference ON api_key.usage (reference_type, reference_id, resolution, bucket);
 CREATE INDEX usage_by_key ON api_key.usage (key_id, resolution, bucket);
+CREATE TABLE api_key.usage_rollup (
+    resolution text PRIMARY KEY CHECK (resolution IN ('hour', 'day')),
+    through    timestamptz NOT NULL
+);
+COMMENT ON TABLE api_key.usage_rollup IS 'How far the usage is rolled up: hour rows count the minute rows before through (resolution hour), day rows the hour rows before it (day). No row: nothing rolled up yet.';
 SELECT pg_catalog.pg_extension_config_dump('api_key.usage', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.usage_rollup', '');
 ALTER TABLE api_key.usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_key.usage FORCE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage_rollup ENABLE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage_rollup FORCE ROW LEVEL SECURITY;
 
 -- Usage analytics: the rows of keys the actor may read, like the keys; with no actor, the
 -- service sees all, including verifications of keys that were not found (no owner).
 CREATE POLICY usage_visible ON api_key.usage FOR SELECT
     USING (api_key.is_service() OR api_key.may(reference_type, reference_id, 'read'));
+CREATE POLICY usage_rollup_visible ON api_key.usage_rollup FOR SELECT USING (true);
 CREATE VIEW api_key.usage_by_minute WITH (security_invoker = true) AS
 SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
   FROM api_key.usage AS u
  WHERE u.resolution OPERATOR(pg_catalog.=) 'minute';
+-- Hour rows, and the minute rows not rolled up yet added up per hour.
 CREATE VIEW api_key.usage_by_hour WITH (security_invoker = true) AS
 SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
   FROM api_key.usage AS u
- WHERE u.resolution OPERATOR(pg_catalog.=) 'hour';
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'hour'
+UNION ALL
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, pg_catalog.date_trunc('hour', u.bucket, 'UTC'),
+       u.code, u.tags, pg_catalog.sum(u.verifications)::bigint, pg_catalog.sum(u.credits_spent)::bigint
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'minute'
+   AND u.bucket OPERATOR(pg_catalog.>=) COALESCE((SELECT r.through FROM api_key.usage_rollup AS r
+                                                  WHERE r.resolution OPERATOR(pg_catalog.=) 'hour'), '-infinity')
+ GROUP BY u.key_id, u.reference_type, u.reference_id, u.config_id, 5, u.code, u.tags;
+-- Day rows, and the hour and minute rows not rolled up yet added up per day.
 CREATE VIEW api_key.usage_by_day WITH (security_invoker = true) AS
 SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
   FROM api_key.usage AS u
- WHERE u.resolution OPERATOR(pg_catalog.=) 'day';
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'day'
+UNION ALL
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, pg_catalog.date_trunc('day', u.bucket, 'UTC'),
+       u.code, u.tags, pg_catalog.sum(u.verifications)::bigint, pg_catalog.sum(u.credits_spent)::bigint
+  FROM api_key.usage AS u
+ WHERE (u.resolution OPERATOR(pg_catalog.=) 'hour'
+        AND u.bucket OPERATOR(pg_catalog.>=) COALESCE((SELECT r.through FROM api_key.usage_rollup AS r
+                                                       WHERE r.resolution OPERATOR(pg_catalog.=) 'day'), '-infinity'))
+    OR (u.resolution OPERATOR(pg_catalog.=) 'minute'
+        AND u.bucket OPERATOR(pg_catalog.>=) COALESCE((SELECT r.through FROM api_key.usage_rollup AS r
+                                                       WHERE r.resolution OPERATOR(pg_catalog.=) 'hour'), '-infinity'))
+ GROUP BY u.key_id, u.reference_type, u.reference_id, u.config_id, 5, u.code, u.tags;
 COMMENT ON VIEW api_key.usage_by_minute IS 'Verifications per key, minute (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_minute_retention';
 COMMENT ON VIEW api_key.usage_by_hour IS 'Verifications per key, hour (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_hour_retention';
 COMMENT ON VIEW api_key.usage_by_day IS 'Verifications per key, day (bucket, UTC), code and tag set, with credits spent; kept until deleted';
 
-REVOKE ALL ON api_key.usage, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day FROM PUBLIC;
-GRANT SELECT ON api_key.usage, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day
+REVOKE ALL ON api_key.usage, api_key.usage_rollup, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day FROM PUBLIC;
+GRANT SELECT ON api_key.usage, api_key.usage_rollup, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day
     TO api_key_user, api_key_admin;
 
 DROP FUNCTION @extschema@.api_key_verify(text, jsonb, integer, text);

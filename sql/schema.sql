@@ -273,9 +273,10 @@ COMMENT ON TABLE api_key.audit_log IS 'Management actions (create, update, revok
 CREATE INDEX audit_log_by_reference ON api_key.audit_log (reference_type, reference_id, at);
 
 -- 0.3.0: verification analytics (src/analytics). Counts are added up in memory and written
--- in batches, each into its minute, hour and day rows at once; minute and hour rows are
--- removed after api_key.usage_minute_retention / usage_hour_retention. Read through the
--- views api_key.usage_by_minute, _hour and _day.
+-- in batches as minute rows; completed hours are rolled up into hour rows and completed days
+-- into day rows by the flush (api_key.usage_rollup says how far), and the views add up what
+-- is not rolled up yet. Minute and hour rows are removed after api_key.usage_minute_retention
+-- / usage_hour_retention once rolled up. Read through api_key.usage_by_minute, _hour and _day.
 CREATE TABLE api_key.usage (
     resolution     text NOT NULL CHECK (resolution IN ('minute', 'hour', 'day')),
     bucket         timestamptz NOT NULL,
@@ -294,6 +295,11 @@ COMMENT ON COLUMN api_key.usage.key_id IS 'NULL for verifications of keys that w
 COMMENT ON COLUMN api_key.usage.reference_id IS 'The key''s owner when the counts were written; NULL for keys not found, or deleted before their counts were written';
 CREATE INDEX usage_by_reference ON api_key.usage (reference_type, reference_id, resolution, bucket);
 CREATE INDEX usage_by_key ON api_key.usage (key_id, resolution, bucket);
+CREATE TABLE api_key.usage_rollup (
+    resolution text PRIMARY KEY CHECK (resolution IN ('hour', 'day')),
+    through    timestamptz NOT NULL
+);
+COMMENT ON TABLE api_key.usage_rollup IS 'How far the usage is rolled up: hour rows count the minute rows before through (resolution hour), day rows the hour rows before it (day). No row: nothing rolled up yet.';
 
 -- pg_dump keeps the extension's data (only its definitions come from CREATE EXTENSION). The
 -- rows created at install ('default' configuration, default role permissions) are left out:
@@ -309,3 +315,4 @@ SELECT pg_catalog.pg_extension_config_dump('api_key.reference_types', '');
 SELECT pg_catalog.pg_extension_config_dump('api_key.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('api_key.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('api_key.usage', '');
+SELECT pg_catalog.pg_extension_config_dump('api_key.usage_rollup', '');

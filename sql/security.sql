@@ -28,6 +28,8 @@ ALTER TABLE api_key.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_key.audit_log FORCE ROW LEVEL SECURITY;
 ALTER TABLE api_key.usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_key.usage FORCE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage_rollup ENABLE ROW LEVEL SECURITY;
+ALTER TABLE api_key.usage_rollup FORCE ROW LEVEL SECURITY;
 
 -- Keys: exactly those the actor may read; with no actor, the service sees all.
 CREATE POLICY keys_visible ON api_key.keys FOR SELECT
@@ -64,18 +66,40 @@ CREATE POLICY audit_visible ON api_key.audit_log FOR SELECT
 -- service sees all, including verifications of keys that were not found (no owner).
 CREATE POLICY usage_visible ON api_key.usage FOR SELECT
     USING (api_key.is_service() OR api_key.may(reference_type, reference_id, 'read'));
+CREATE POLICY usage_rollup_visible ON api_key.usage_rollup FOR SELECT USING (true);
 CREATE VIEW api_key.usage_by_minute WITH (security_invoker = true) AS
 SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
   FROM api_key.usage AS u
  WHERE u.resolution OPERATOR(pg_catalog.=) 'minute';
+-- Hour rows, and the minute rows not rolled up yet added up per hour.
 CREATE VIEW api_key.usage_by_hour WITH (security_invoker = true) AS
 SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
   FROM api_key.usage AS u
- WHERE u.resolution OPERATOR(pg_catalog.=) 'hour';
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'hour'
+UNION ALL
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, pg_catalog.date_trunc('hour', u.bucket, 'UTC'),
+       u.code, u.tags, pg_catalog.sum(u.verifications)::bigint, pg_catalog.sum(u.credits_spent)::bigint
+  FROM api_key.usage AS u
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'minute'
+   AND u.bucket OPERATOR(pg_catalog.>=) COALESCE((SELECT r.through FROM api_key.usage_rollup AS r
+                                                  WHERE r.resolution OPERATOR(pg_catalog.=) 'hour'), '-infinity')
+ GROUP BY u.key_id, u.reference_type, u.reference_id, u.config_id, 5, u.code, u.tags;
+-- Day rows, and the hour and minute rows not rolled up yet added up per day.
 CREATE VIEW api_key.usage_by_day WITH (security_invoker = true) AS
 SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, u.bucket, u.code, u.tags, u.verifications, u.credits_spent
   FROM api_key.usage AS u
- WHERE u.resolution OPERATOR(pg_catalog.=) 'day';
+ WHERE u.resolution OPERATOR(pg_catalog.=) 'day'
+UNION ALL
+SELECT u.key_id, u.reference_type, u.reference_id, u.config_id, pg_catalog.date_trunc('day', u.bucket, 'UTC'),
+       u.code, u.tags, pg_catalog.sum(u.verifications)::bigint, pg_catalog.sum(u.credits_spent)::bigint
+  FROM api_key.usage AS u
+ WHERE (u.resolution OPERATOR(pg_catalog.=) 'hour'
+        AND u.bucket OPERATOR(pg_catalog.>=) COALESCE((SELECT r.through FROM api_key.usage_rollup AS r
+                                                       WHERE r.resolution OPERATOR(pg_catalog.=) 'day'), '-infinity'))
+    OR (u.resolution OPERATOR(pg_catalog.=) 'minute'
+        AND u.bucket OPERATOR(pg_catalog.>=) COALESCE((SELECT r.through FROM api_key.usage_rollup AS r
+                                                       WHERE r.resolution OPERATOR(pg_catalog.=) 'hour'), '-infinity'))
+ GROUP BY u.key_id, u.reference_type, u.reference_id, u.config_id, 5, u.code, u.tags;
 COMMENT ON VIEW api_key.usage_by_minute IS 'Verifications per key, minute (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_minute_retention';
 COMMENT ON VIEW api_key.usage_by_hour IS 'Verifications per key, hour (bucket, UTC), code and tag set, with credits spent; kept for api_key.usage_hour_retention';
 COMMENT ON VIEW api_key.usage_by_day IS 'Verifications per key, day (bucket, UTC), code and tag set, with credits spent; kept until deleted';
@@ -96,7 +120,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA api_key FROM PUBLIC;
 GRANT USAGE ON SCHEMA api_key TO api_key_user, api_key_admin;
 GRANT SELECT ON api_key.keys, api_key.configs, api_key.organizations, api_key.members, api_key.role_permissions,
                 api_key.reference_types, api_key.audit_log, api_key.keys_without_creator,
-                api_key.usage, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day
+                api_key.usage, api_key.usage_rollup, api_key.usage_by_minute, api_key.usage_by_hour, api_key.usage_by_day
     TO api_key_user, api_key_admin;
 GRANT SELECT ON api_key.membership_source TO api_key_admin;
 GRANT INSERT, UPDATE, DELETE ON api_key.organizations, api_key.members, api_key.role_permissions TO api_key_admin;

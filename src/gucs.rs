@@ -36,8 +36,9 @@ pub static USAGE_MINUTE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 
 pub static USAGE_HOUR_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 24 * 60);
 
 /// `api_key.usage_slots`: buckets (key × minute × outcome × tag set) that shared memory holds
-/// between two flushes when the library is preloaded (48 bytes each, 3 MiB by default).
-pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+/// between two flushes when the library is preloaded (48 bytes each, 12 MiB by default: a
+/// minute of 100,000 keys in use and the next one).
+pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(262_144);
 
 /// `api_key.usage_tag_sets`: distinct tag sets counted in shared memory until the server
 /// stops (520 bytes each); beyond, a new tag set is counted as `{(other)}`.

@@ -175,19 +175,29 @@ def test_nothing_is_counted_when_tracking_is_off(storage):
         assert usage(c, "usage_by_minute", k["id"]) == {}
 
 
-def test_retention_removes_old_minute_and_hour_rows(storage):
+def test_rollup_keeps_every_count_and_retention_removes_old_minute_and_hour_rows(storage):
     with storage() as c:
         k = new_key(c, uid("u"))
-        c.execute("""INSERT INTO api_key.usage (resolution, bucket, key_id, code, tags, verifications, credits_spent)
-                     VALUES ('minute', now() - interval '8 days', %(k)s, 'VALID', '{}', 1, 0),
-                            ('minute', now() - interval '6 days', %(k)s, 'VALID', '{}', 1, 0),
-                            ('hour', now() - interval '91 days', %(k)s, 'VALID', '{}', 1, 0),
-                            ('hour', now() - interval '89 days', %(k)s, 'VALID', '{}', 1, 0),
-                            ('day', now() - interval '1000 days', %(k)s, 'VALID', '{}', 1, 0)""", {"k": k["id"]})
+        # Old rows, as if the flushes of the last years had written them, nothing rolled up yet.
         c.execute("SELECT api_key_flush_usage()")
-        left = c.execute("SELECT resolution, count(*) AS n FROM api_key.usage WHERE key_id = %s GROUP BY 1",
-                         [k["id"]]).fetchall()
-        assert {r["resolution"]: r["n"] for r in left} == {"minute": 1, "hour": 1, "day": 1}
+        c.execute("DELETE FROM api_key.usage_rollup")
+        c.execute("DELETE FROM api_key.usage")
+        c.execute("""INSERT INTO api_key.usage (resolution, bucket, key_id, code, tags, verifications, credits_spent)
+                     VALUES ('minute', date_trunc('minute', now() - interval '8 days'), %(k)s, 'VALID', '{}', 1, 0),
+                            ('minute', date_trunc('minute', now() - interval '6 days'), %(k)s, 'VALID', '{}', 2, 0),
+                            ('hour', date_trunc('hour', now() - interval '91 days'), %(k)s, 'VALID', '{}', 4, 0),
+                            ('hour', date_trunc('hour', now() - interval '89 days'), %(k)s, 'VALID', '{}', 8, 0),
+                            ('day', date_trunc('day', now() - interval '1000 days'), %(k)s, 'VALID', '{}', 16, 0)""",
+                  {"k": k["id"]})
+        c.execute("SELECT api_key_flush_usage()")
+        total = lambda view, older="0 days": c.execute(  # noqa: E731
+            f"SELECT coalesce(sum(verifications), 0) AS n FROM api_key.{view} WHERE key_id = %s "
+            f"AND bucket < now() - %s::interval", [k["id"], older]).fetchone()["n"]
+        assert total("usage_by_day") == 31             # everything, at day resolution
+        assert total("usage_by_minute") == 2           # the 8-day-old minute is gone
+        assert total("usage_by_minute", "7 days") == 0
+        assert total("usage_by_hour") == 1 + 2 + 8     # the 91-day-old hour is gone
+        assert total("usage_by_hour", "90 days") == 0
 
 
 # Row-level security and the flush without preloading: the main test cluster.
@@ -216,12 +226,19 @@ def test_actors_read_the_usage_of_the_keys_they_may_read(su, app, service):
                      "INSERT INTO api_key.usage VALUES ('day', now(), NULL, 'VALID', '{}', NULL, NULL, NULL, 1, 0)")
 
 
+def until_the_next_minute() -> None:
+    time.sleep(60.3 - time.time() % 60)
+
+
 def test_a_backend_writes_its_counts_when_its_own_commit_is_due(su, new_client):
-    """Without preloading: only a transaction that verified writes, and only once an interval
-    has passed; a backend that exits writes what it holds."""
+    """Without preloading: only a transaction that verified writes, only once an interval has
+    passed, only the minutes that are over (each minute once), and never waiting for a lock: a
+    queued ACCESS EXCLUSIVE lock on the usage table (VACUUM FULL behind a reader) must not hold
+    up the COMMIT. A backend that exits writes what it holds."""
     su.conn.execute("LOAD 'api_key'")  # defines the setting in this backend
     su.conn.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
     su.conn.execute("SELECT pg_reload_conf()")
+    reader, locker = new_client("postgres"), new_client("postgres")
     try:
         time.sleep(0.5)
         k = create(su, reference_id=uid("u"))
@@ -229,17 +246,37 @@ def test_a_backend_writes_its_counts_when_its_own_commit_is_due(su, new_client):
         seen = lambda: su.val("SELECT coalesce(sum(verifications), 0) FROM api_key.usage_by_minute "  # noqa: E731
                               "WHERE key_id = %s", [k["id"]])
         verify(c, k["key"])
-        time.sleep(1.2)
+        until_the_next_minute()
         c.rows("SELECT 1")  # neither verifies nor writes: writes no counts
         assert seen() == 0
-        verify(c, k["key"])  # verifies, and a write is due
-        assert seen() == 2
+
+        reader.conn.execute("BEGIN")
+        reader.conn.execute("SELECT count(*) FROM api_key.usage")
+
+        def lock():
+            locker.conn.execute("BEGIN")
+            locker.conn.execute("LOCK TABLE api_key.usage IN ACCESS EXCLUSIVE MODE")
+
+        t = threading.Thread(target=lock)
+        t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        verify(c, k["key"])  # a write is due; its lock is not free: the COMMIT goes on
+        assert time.monotonic() - started < 2
+        reader.conn.execute("ROLLBACK")
+        t.join(timeout=10)
+        locker.conn.execute("ROLLBACK")
+        assert seen() == 0
+
+        time.sleep(1.1)
+        verify(c, k["key"])  # due again: the minute that is over is written
+        assert seen() == 1
         verify(c, k["key"])
         c.close()  # exits: writes what it holds
-        deadline = time.time() + 5
-        while seen() != 3 and time.time() < deadline:
+        deadline = time.time() + 10
+        while seen() != 4 and time.time() < deadline:
             time.sleep(0.1)
-        assert seen() == 3
+        assert seen() == 4
     finally:
         su.conn.execute("ALTER SYSTEM RESET api_key.usage_flush_interval")
         su.conn.execute("SELECT pg_reload_conf()")
@@ -274,11 +311,20 @@ def wait_for(c, key_id, n: int, seconds: float = 10) -> int:
 
 
 def test_the_background_worker_writes_counts_of_every_database(preloaded):
-    other = DB + "_other"
+    """Each minute's counts once it is over, in every database; and the counts of a database
+    dropped meanwhile are forgotten after one try (they used to be retried every interval)."""
+    other, gone = DB + "_other", DB + "_gone"
     with _connect(preloaded, "postgres") as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{other}"')
+        for name in (other, gone):
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        gone_oid = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", [gone]).fetchone()["oid"]
     try:
+        with _connect(preloaded, gone) as g:
+            g.execute("CREATE EXTENSION api_key")
+            check(g, GARBAGE)
+        with _connect(preloaded, "postgres") as admin:
+            admin.execute(f'DROP DATABASE "{gone}"')
         with _connect(preloaded, DB) as c, _connect(preloaded, other) as d:
             d.execute("CREATE EXTENSION api_key")
             kc, kd = new_key(c, uid("u")), new_key(d, uid("u"))
@@ -286,14 +332,20 @@ def test_the_background_worker_writes_counts_of_every_database(preloaded):
                 check(c, kc["key"])
             for _ in range(2):
                 check(d, kd["key"])
+            until_the_next_minute()
             assert wait_for(c, kc["id"], 5) == 5
             assert wait_for(d, kd["id"], 2) == 2
         # The flush workers come and go: a database can be dropped meanwhile.
         with _connect(preloaded, "postgres") as admin:
             admin.execute(f'DROP DATABASE "{other}"')
+        time.sleep(3)
+        log = (ROOT / ".build" / CLUSTER / "server.log").read_text(errors="replace")
+        assert "which cannot be connected to" in log
+        assert log.count(f"database {gone_oid} does not exist") <= 1
     finally:
         with _connect(preloaded, "postgres") as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+            for name in (other, gone):
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_a_crash_loses_at_most_the_counts_not_yet_written(preloaded):
@@ -301,6 +353,7 @@ def test_a_crash_loses_at_most_the_counts_not_yet_written(preloaded):
         k = new_key(c, uid("u"))
         for _ in range(10):
             check(c, k["key"])
+        c.execute("SELECT api_key_flush_usage()")  # written
         assert wait_for(c, k["id"], 10) == 10
         c.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 3600")
         c.execute("SELECT pg_reload_conf()")
@@ -378,54 +431,3 @@ def test_backends_exiting_together_lose_no_counts(su):
             break
         time.sleep(0.1)
     assert n == 20
-
-
-def test_a_commit_never_waits_for_the_usage_table(su, new_client):
-    """Without preloading, a commit that writes counts takes the usage table's lock only if it
-    is free at once: a queued ACCESS EXCLUSIVE lock (VACUUM FULL behind a reader) must not hold
-    it up."""
-    su.conn.execute("LOAD 'api_key'")
-    su.conn.execute("ALTER SYSTEM SET api_key.usage_flush_interval = 1")
-    su.conn.execute("SELECT pg_reload_conf()")
-    reader, locker = new_client("postgres"), new_client("postgres")
-    try:
-        k = create(su, reference_id=uid("u"))
-        c = new_client("postgres")
-        verify(c, k["key"])
-        time.sleep(1.2)  # a write is due at c's next commit that verifies
-        reader.conn.execute("BEGIN")
-        reader.conn.execute("SELECT count(*) FROM api_key.usage")
-        def lock():
-            locker.conn.execute("BEGIN")
-            locker.conn.execute("LOCK TABLE api_key.usage IN ACCESS EXCLUSIVE MODE")
-
-        t = threading.Thread(target=lock)
-        t.start()
-        time.sleep(0.3)
-        started = time.monotonic()
-        verify(c, k["key"])  # commits
-        assert time.monotonic() - started < 2
-    finally:
-        reader.conn.execute("ROLLBACK")
-        t.join(timeout=10)
-        locker.conn.execute("ROLLBACK")
-        su.conn.execute("ALTER SYSTEM RESET api_key.usage_flush_interval")
-        su.conn.execute("SELECT pg_reload_conf()")
-
-
-def test_counts_of_a_dropped_database_are_discarded(preloaded):
-    """Counts waiting for a database that is dropped can never be written: the launcher tries
-    once, then forgets them (it used to start a failing worker every interval, forever)."""
-    gone = DB + "_gone"
-    with _connect(preloaded, "postgres") as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{gone}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{gone}"')
-        oid = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", [gone]).fetchone()["oid"]
-    with _connect(preloaded, gone) as d:
-        d.execute("CREATE EXTENSION api_key")
-        check(d, GARBAGE)
-    with _connect(preloaded, "postgres") as admin:
-        admin.execute(f'DROP DATABASE "{gone}"')
-    time.sleep(4)
-    log = (ROOT / ".build" / CLUSTER / "server.log").read_text(errors="replace")
-    assert log.count(f"database {oid} does not exist") <= 1

@@ -20,9 +20,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long an exiting backend waits for another writer.
-const EXIT_PATIENCE: Duration = Duration::from_secs(2);
-/// Buckets that make a write due however recent the last one.
-const BATCH: usize = 1024;
+const EXIT_PATIENCE: Duration = Duration::from_secs(5);
+/// Buckets that make a write due however recent the last one (of the minutes that are over).
+const BATCH: usize = 16_384;
 /// Buckets held at most; beyond, new buckets are not counted (and the loss is logged).
 const MAX_HELD: usize = 65_536;
 
@@ -104,7 +104,8 @@ fn move_to_shared_memory() {
     put_back(kept);
 }
 
-/// Up to `BATCH` buckets, if a write is due.
+/// The buckets of the minutes that are over (each minute's counts written once), if a write is
+/// due: `api_key.usage_flush_interval` since the last one, or `BATCH` buckets waiting.
 fn due_batch(now: i64) -> Option<Vec<(Bucket, Counts)>> {
     HELD.with(|h| {
         let mut h = h.borrow_mut();
@@ -112,11 +113,14 @@ fn due_batch(now: i64) -> Option<Vec<(Bucket, Counts)>> {
         if h.counts.is_empty() || (now - h.last_write < interval && h.counts.len() < BATCH) {
             return None;
         }
+        let current = super::minute_of(now);
+        let over: Vec<Bucket> = h.counts.keys().filter(|b| b.minute < current).cloned().collect();
+        if over.is_empty() {
+            return None;
+        }
         h.last_write = now;
-        let buckets: Vec<Bucket> = h.counts.keys().take(BATCH).cloned().collect();
         Some(
-            buckets
-                .into_iter()
+            over.into_iter()
                 .filter_map(|b| h.counts.remove(&b).map(|c| (b, c)))
                 .collect(),
         )

@@ -304,18 +304,19 @@ pub fn discard(database: Oid) -> i64 {
     let Some(shared) = shared() else {
         return 0;
     };
-    take_of(shared, database)
+    take_of(shared, database, None)
         .iter()
         .map(|s| s.verifications)
         .sum()
 }
 
-/// Takes this database's counts out of shared memory.
-pub fn take() -> Vec<(Bucket, Counts)> {
+/// Takes this database's counts out of shared memory: those of minutes before `before` (the
+/// minutes that are over, so that each is written once), or all.
+pub fn take(before: Option<i32>) -> Vec<(Bucket, Counts)> {
     let Some(shared) = shared() else {
         return Vec::new();
     };
-    take_of(shared, database())
+    take_of(shared, database(), before)
         .into_iter()
         .filter_map(|s| {
             Some((
@@ -334,8 +335,8 @@ pub fn take() -> Vec<(Bucket, Counts)> {
         .collect()
 }
 
-/// Takes the slots of `database` out of shared memory.
-fn take_of(shared: &Shared, database: Oid) -> Vec<Slot> {
+/// Takes the slots of `database` (of minutes before `before`, if given) out of shared memory.
+fn take_of(shared: &Shared, database: Oid, before: Option<i32>) -> Vec<Slot> {
     let mut taken: Vec<Slot> = Vec::new();
     let mut others: Vec<Slot> = Vec::with_capacity(shared.per_partition);
     for partition in 0..PARTITIONS {
@@ -349,14 +350,14 @@ fn take_of(shared: &Shared, database: Oid) -> Vec<Slot> {
                 )
             };
             for slot in slots.iter().filter(|s| s.live) {
-                if slot.database == database {
+                if slot.database == database && before.is_none_or(|b| slot.minute < b) {
                     taken.push(*slot);
                 } else {
                     others.push(*slot);
                 }
             }
-            // Rebuilt without this database's slots: no tombstones, and the others find
-            // their slots again (they fit: the partition held them all before).
+            // Rebuilt without the slots taken: no tombstones, and the others find their slots
+            // again (they fit: the partition held them all before).
             // SAFETY: zeroed slots are free slots.
             unsafe { std::ptr::write_bytes(slots.as_mut_ptr(), 0, slots.len()) };
             for s in &others {

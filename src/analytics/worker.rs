@@ -146,7 +146,9 @@ pub extern "C-unwind" fn api_key_usage_flush(arg: pg_sys::Datum) {
     shmem::note_connected(database);
     BackgroundWorker::transaction(|| {
         crate::pg::bookkeeping::commit_locally();
-        if let Err(e) = writer::flush(true, false, Some(WRITER_PATIENCE)) {
+        // The minutes that are over: each minute's counts are written once.
+        let before = Some(super::minute_of(crate::pg::clock::now()));
+        if let Err(e) = writer::flush(true, before, false, Some(WRITER_PATIENCE)) {
             e.raise();
         }
     });

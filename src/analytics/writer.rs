@@ -1,7 +1,12 @@
-//! Writes usage counts to `api_key.usage`: each bucket into its minute, hour and day rows at
-//! once (so a minute row can be removed after `api_key.usage_minute_retention` with nothing
-//! to roll up), owners and configurations taken from the key as it is now. One writer at a
-//! time per database (`WriterLock`): rows are added to, never contended for.
+//! Writes usage counts to `api_key.usage` as minute rows, owners and configurations taken from
+//! the key as it is now, and rolls completed hours up into hour rows and completed days into
+//! day rows (`api_key.usage_rollup` says how far; the views add up the rest when read). A
+//! minute that arrives after its hour was rolled up (a backend that held it long) goes into
+//! the hour and day rows too, so every resolution stays exact. One writer at a time per
+//! database (`WriterLock`): rows are added to, never contended for.
+//!
+//! One row per key and minute is the least that "per key, per minute" can cost; writing the
+//! hour and day rows at every flush tripled it, and was most of the analytics' cost.
 
 use super::{local, shmem, Bucket, Counts};
 use crate::error::{Error, OrRaise};
@@ -12,6 +17,7 @@ use crate::pg::{bookkeeping, clock, spi};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
+// Minute rows; hour and day rows too for minutes already rolled up.
 const UPSERT: &str = "
     INSERT INTO api_key.usage AS u
            (resolution, bucket, key_id, code, tags, reference_type, reference_id, config_id,
@@ -27,16 +33,51 @@ const UPSERT: &str = "
                       pg_catalog.unnest($5::pg_catalog.int8[]),
                       pg_catalog.unnest($6::pg_catalog.int8[]))
              AS x(key_id, minute, code, tags, verifications, credits)
-     CROSS JOIN (VALUES ('minute'::pg_catalog.text), ('hour'), ('day')) AS r(resolution)
+      JOIN (VALUES ('minute'::pg_catalog.text), ('hour'), ('day')) AS r(resolution)
+        ON r.resolution OPERATOR(pg_catalog.=) 'minute'
+        OR (r.resolution OPERATOR(pg_catalog.=) 'hour' AND x.minute OPERATOR(pg_catalog.<) $7)
+        OR (r.resolution OPERATOR(pg_catalog.=) 'day'
+            AND pg_catalog.date_trunc('hour', x.minute, 'UTC') OPERATOR(pg_catalog.<) $8)
       LEFT JOIN api_key.keys AS k ON k.id OPERATOR(pg_catalog.=) x.key_id
      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
         ON CONFLICT (resolution, bucket, key_id, code, tags) DO UPDATE
        SET verifications = u.verifications OPERATOR(pg_catalog.+) excluded.verifications,
            credits_spent = u.credits_spent OPERATOR(pg_catalog.+) excluded.credits_spent";
 
+const ROLLED_UP: &str = "
+    SELECT COALESCE((SELECT r.through FROM api_key.usage_rollup AS r WHERE r.resolution OPERATOR(pg_catalog.=) 'hour'), '-infinity'),
+           COALESCE((SELECT r.through FROM api_key.usage_rollup AS r WHERE r.resolution OPERATOR(pg_catalog.=) 'day'), '-infinity')";
+
+// Rows of resolution $1 in [$2, $3) added up into rows of resolution $4.
+const ROLL_UP: &str = "
+    INSERT INTO api_key.usage AS u
+           (resolution, bucket, key_id, code, tags, reference_type, reference_id, config_id,
+            verifications, credits_spent)
+    SELECT $4, pg_catalog.date_trunc($4, s.bucket, 'UTC'), s.key_id, s.code, s.tags,
+           pg_catalog.max(s.reference_type), pg_catalog.max(s.reference_id), pg_catalog.max(s.config_id),
+           pg_catalog.sum(s.verifications), pg_catalog.sum(s.credits_spent)
+      FROM api_key.usage AS s
+     WHERE s.resolution OPERATOR(pg_catalog.=) $1
+       AND s.bucket OPERATOR(pg_catalog.>=) $2 AND s.bucket OPERATOR(pg_catalog.<) $3
+     GROUP BY 2, 3, 4, 5
+        ON CONFLICT (resolution, bucket, key_id, code, tags) DO UPDATE
+       SET verifications = u.verifications OPERATOR(pg_catalog.+) excluded.verifications,
+           credits_spent = u.credits_spent OPERATOR(pg_catalog.+) excluded.credits_spent";
+
+const ROLLED_UP_TO: &str = "
+    INSERT INTO api_key.usage_rollup AS r (resolution, through) VALUES ($1, $2)
+        ON CONFLICT (resolution) DO UPDATE SET through = excluded.through";
+
 const PURGE: &str = "
     DELETE FROM api_key.usage
      WHERE resolution OPERATOR(pg_catalog.=) $1 AND bucket OPERATOR(pg_catalog.<) $2";
+
+/// Hours are rolled up once they ended this long ago (microseconds): the minute counts of an
+/// hour reach the table within a flush interval after each minute ends; later ones are added
+/// to the hour and day rows directly.
+const ROLLUP_LAG: i64 = 120_000_000;
+const HOUR: i64 = 3_600_000_000;
+const DAY: i64 = 24 * HOUR;
 
 /// One writer of usage rows per database: an advisory lock with a field PostgreSQL's SQL
 /// functions never use (`objsubid` 0x7573 in `pg_locks`), held to the end of the writing
@@ -85,7 +126,19 @@ fn write(counts: &[(Bucket, Counts)]) -> Result<i64, Error> {
                 TEXTARRAYOID,
                 INT8ARRAYOID,
                 INT8ARRAYOID,
+                TIMESTAMPTZOID,
+                TIMESTAMPTZOID,
             ];
+            let rolled = spi::statement(client, ROLLED_UP, &[], true)?;
+            let row = client.update(&*rolled, Some(1), &[]).map_err(spi::failed)?;
+            let row = row.first();
+            let through = |i: usize| {
+                row.get::<pgrx::datum::TimestampWithTimeZone>(i)
+                    .ok()
+                    .flatten()
+                    .map_or(i64::MIN, clock::micros_of)
+            };
+            let (hour_through, day_through) = (through(1), through(2));
             let statement = spi::statement(client, UPSERT, &types, true)?;
             let written = client
                 .update(
@@ -98,6 +151,8 @@ fn write(counts: &[(Bucket, Counts)]) -> Result<i64, Error> {
                         tags.into(),
                         verifications.into(),
                         credits.into(),
+                        at(hour_through),
+                        at(day_through),
                     ],
                 )
                 .map_err(spi::failed)?;
@@ -106,25 +161,54 @@ fn write(counts: &[(Bucket, Counts)]) -> Result<i64, Error> {
     })
 }
 
-/// Removes minute and hour rows older than their retention.
-fn purge() -> Result<(), Error> {
+/// A timestamptz argument; `i64::MIN` (nothing rolled up yet) is -infinity.
+fn at(micros: i64) -> pgrx::datum::DatumWithOid<'static> {
+    clock::timestamptz_arg(Some(micros))
+}
+
+/// Rolls completed hours up into hour rows and completed days into day rows, then removes
+/// minute and hour rows older than their retention that are rolled up.
+fn roll_up_and_purge() -> Result<(), Error> {
     let now = clock::now();
     let minute = 60_000_000i64;
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
-            let statement = spi::statement(client, PURGE, &[TEXTOID, TIMESTAMPTZOID], true)?;
-            for (resolution, kept) in [
-                ("minute", USAGE_MINUTE_RETENTION.get()),
-                ("hour", USAGE_HOUR_RETENTION.get()),
-            ] {
-                let before = now.saturating_sub(kept as i64 * minute);
+            let rolled = spi::statement(client, ROLLED_UP, &[], true)?;
+            let row = client.update(&*rolled, Some(1), &[]).map_err(spi::failed)?;
+            let row = row.first();
+            let through = |i: usize| {
+                row.get::<pgrx::datum::TimestampWithTimeZone>(i)
+                    .ok()
+                    .flatten()
+                    .map_or(i64::MIN, clock::micros_of)
+            };
+            let (hour_from, day_from) = (through(1), through(2));
+            let hour_until = (now - ROLLUP_LAG).div_euclid(HOUR) * HOUR;
+            let day_until = hour_until.div_euclid(DAY) * DAY;
+            let roll = spi::statement(client, ROLL_UP, &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID], true)?;
+            let mark = spi::statement(client, ROLLED_UP_TO, &[TEXTOID, TIMESTAMPTZOID], true)?;
+            for (from, until, source, target) in
+                [(hour_from, hour_until, "minute", "hour"), (day_from, day_until, "hour", "day")]
+            {
+                if until <= from {
+                    continue;
+                }
                 client
-                    .update(
-                        &*statement,
-                        None,
-                        &[resolution.into(), clock::timestamptz_arg(Some(before))],
-                    )
+                    .update(&*roll, None, &[source.into(), at(from), at(until), target.into()])
+                    .map_err(spi::failed)?;
+                client
+                    .update(&*mark, None, &[target.into(), at(until)])
+                    .map_err(spi::failed)?;
+            }
+            let purge = spi::statement(client, PURGE, &[TEXTOID, TIMESTAMPTZOID], true)?;
+            for (resolution, kept, rolled_until) in [
+                ("minute", USAGE_MINUTE_RETENTION.get(), hour_until.max(hour_from)),
+                ("hour", USAGE_HOUR_RETENTION.get(), day_until.max(day_from)),
+            ] {
+                let before = now.saturating_sub(kept as i64 * minute).min(rolled_until);
+                client
+                    .update(&*purge, None, &[resolution.into(), at(before)])
                     .map_err(spi::failed)?;
             }
             Ok(())
@@ -209,17 +293,19 @@ thread_local! {
 }
 
 /// Writes in the current transaction the counts of this database waiting in shared memory
-/// (`shared`) and in this backend (`own`), then applies the retention settings; the rows
-/// written. Waits for another writer at most `patience` (None: as long as it takes), and
-/// then writes nothing (`Ok(None)`). Counts taken out come back if the transaction rolls back.
+/// (`shared`: of the minutes before `before`, if given) and in this backend (`own`), then rolls
+/// up and applies the retention settings; the rows written. Waits for another writer at most
+/// `patience` (None: as long as it takes), and then writes nothing (`Ok(None)`). Counts taken
+/// out come back if the transaction rolls back.
 pub fn flush(
     shared: bool,
+    before: Option<i32>,
     own: bool,
     patience: Option<std::time::Duration>,
 ) -> Result<Option<i64>, Error> {
     if relations().is_none() {
         if shared {
-            let _ = shmem::take(); // the extension is not (or no longer) here
+            let _ = shmem::take(None); // the extension is not (or no longer) here
         }
         return Ok(Some(0));
     }
@@ -230,13 +316,13 @@ pub fn flush(
     if !locked {
         return Ok(None);
     }
-    let mut counts = if shared { shmem::take() } else { Vec::new() };
+    let mut counts = if shared { shmem::take(before) } else { Vec::new() };
     if own {
         counts.extend(local::take_all());
     }
     TAKEN.with(|t| t.push(counts.clone()));
     let written = write(&counts)?;
-    purge()?;
+    roll_up_and_purge()?;
     report_lost();
     Ok(Some(written))
 }
@@ -264,5 +350,5 @@ fn api_key_flush_usage() -> i64 {
         .raise();
     }
     let service = crate::access::Principal::for_policy().is_some_and(|p| p.is_service());
-    flush(service, true, None).or_raise().unwrap_or(0)
+    flush(service, None, true, None).or_raise().unwrap_or(0)
 }
