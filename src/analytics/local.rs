@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long an exiting backend waits for another writer.
-const EXIT_PATIENCE: Duration = Duration::from_secs(5);
+const EXIT_PATIENCE: Duration = Duration::from_secs(15);
 /// Buckets that make a write due however recent the last one (of the minutes that are over).
 const BATCH: usize = 16_384;
 /// Buckets held at most; beyond, new buckets are not counted (and the loss is logged).
