@@ -117,43 +117,95 @@ mod tests {
     fn spends_down_to_zero_and_no_further() {
         let mut b = key(3);
         assert_eq!(spend(&mut b, ask(2)), Spent::Spent { left: 1 });
-        assert_eq!(spend(&mut b, ask(2)), Spent::TooFew { left: Some(1), refilled: 100 });
+        assert_eq!(
+            spend(&mut b, ask(2)),
+            Spent::TooFew {
+                left: Some(1),
+                refilled: 100
+            }
+        );
         assert_eq!(spend(&mut b, ask(1)), Spent::Spent { left: 0 });
         // A zero cost needs one credit left.
-        assert_eq!(spend(&mut b, ask(0)), Spent::TooFew { left: Some(0), refilled: 100 });
+        assert_eq!(
+            spend(&mut b, ask(0)),
+            Spent::TooFew {
+                left: Some(0),
+                refilled: 100
+            }
+        );
     }
 
     #[test]
     fn a_due_refill_happens_once() {
         let mut b = key(0);
-        let due = Spend { refill_due: Some(100), ..ask(1) };
+        let due = Spend {
+            refill_due: Some(100),
+            ..ask(1)
+        };
         assert_eq!(spend(&mut b, due), Spent::Spent { left: 9 });
         assert_eq!(b.refilled, 1000);
         // The second verification found the same refill due: it was made already.
         assert_eq!(spend(&mut b, due), Spent::Spent { left: 8 });
         // A refill never lowers the balance.
         let mut rich = key(50);
-        assert_eq!(spend(&mut rich, Spend { refill_due: Some(100), ..ask(1) }), Spent::Spent { left: 49 });
+        assert_eq!(
+            spend(
+                &mut rich,
+                Spend {
+                    refill_due: Some(100),
+                    ..ask(1)
+                }
+            ),
+            Spent::Spent { left: 49 }
+        );
     }
 
     #[test]
     fn only_the_checked_version_is_spent() {
         let mut b = key(5);
-        assert_eq!(spend(&mut b, Spend { version: 8, ..ask(1) }), Spent::KeyChanged);
-        let mut unlimited = Balance { remaining: None, ..key(0) };
+        assert_eq!(
+            spend(
+                &mut b,
+                Spend {
+                    version: 8,
+                    ..ask(1)
+                }
+            ),
+            Spent::KeyChanged
+        );
+        let mut unlimited = Balance {
+            remaining: None,
+            ..key(0)
+        };
         assert_eq!(spend(&mut unlimited, ask(1)), Spent::KeyChanged);
         assert_eq!(b, key(5));
     }
 
     #[test]
     fn refunds_give_back_only_to_the_balance_the_spend_left() {
-        let back = Refund { cost: 4, version: 7, refilled: 100 };
+        let back = Refund {
+            cost: 4,
+            version: 7,
+            refilled: 100,
+        };
         let mut b = key(1);
         assert!(refund(&mut b, back));
         assert_eq!(b.remaining, Some(5));
         // Set outright since (a new version), refilled since, or unlimited: stays spent.
-        for mut other in [Balance { version: 8, ..key(1) }, Balance { refilled: 200, ..key(1) },
-                          Balance { remaining: None, ..key(1) }] {
+        for mut other in [
+            Balance {
+                version: 8,
+                ..key(1)
+            },
+            Balance {
+                refilled: 200,
+                ..key(1)
+            },
+            Balance {
+                remaining: None,
+                ..key(1)
+            },
+        ] {
             let before = other;
             assert!(!refund(&mut other, back));
             assert_eq!(other, before);
@@ -163,10 +215,20 @@ mod tests {
     #[test]
     fn a_spend_then_its_refund_leaves_the_balance_as_it_was() {
         let mut b = key(0);
-        let due = Spend { refill_due: Some(100), ..ask(3) };
+        let due = Spend {
+            refill_due: Some(100),
+            ..ask(3)
+        };
         assert_eq!(spend(&mut b, due), Spent::Spent { left: 7 });
         let refilled = b.refilled;
-        assert!(refund(&mut b, Refund { cost: 3, version: 7, refilled }));
+        assert!(refund(
+            &mut b,
+            Refund {
+                cost: 3,
+                version: 7,
+                refilled
+            }
+        ));
         assert_eq!(b.remaining, Some(10));
     }
 

@@ -77,7 +77,11 @@ pub fn add(bucket: &Bucket, counts: Counts) {
 
 /// Everything held, taken out (for `api_key_flush_usage`).
 pub fn take_all() -> Vec<(Bucket, Counts)> {
-    HELD.with(|h| std::mem::take(&mut h.borrow_mut().counts).into_iter().collect())
+    HELD.with(|h| {
+        std::mem::take(&mut h.borrow_mut().counts)
+            .into_iter()
+            .collect()
+    })
 }
 
 /// Puts back counts that could not be written.
@@ -114,7 +118,12 @@ fn due_batch(now: i64) -> Option<Vec<(Bucket, Counts)>> {
             return None;
         }
         let current = super::minute_of(now);
-        let over: Vec<Bucket> = h.counts.keys().filter(|b| b.minute < current).cloned().collect();
+        let over: Vec<Bucket> = h
+            .counts
+            .keys()
+            .filter(|b| b.minute < current)
+            .cloned()
+            .collect();
         if over.is_empty() {
             return None;
         }
@@ -140,8 +149,10 @@ unsafe extern "C-unwind" fn at_transaction_end(
     if shmem::available() {
         // Commit and abort callbacks cannot raise: moving counts into shared memory is plain
         // arithmetic under a lightweight lock.
-        if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE)
-            && HELD.with(|h| !h.borrow().counts.is_empty())
+        if matches!(
+            event,
+            XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
+        ) && HELD.with(|h| !h.borrow().counts.is_empty())
         {
             move_to_shared_memory();
         }

@@ -22,7 +22,13 @@ thread_local! {
 /// Remember `credits` spent under `bucket` until the transaction ends.
 pub fn credits(bucket: Bucket, credits: i64) {
     if SPENT.with(|s| s.len()) >= MAX_SPENT {
-        super::add(&bucket, Counts { verifications: 0, credits });
+        super::add(
+            &bucket,
+            Counts {
+                verifications: 0,
+                credits,
+            },
+        );
         return;
     }
     SPENT.with(|s| s.push(Spent { bucket, credits }));

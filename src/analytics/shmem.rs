@@ -134,8 +134,15 @@ fn database() -> Oid {
     unsafe { pg_sys::MyDatabaseId }
 }
 
-fn locked<R>(shared: &Shared, i: usize, mode: pg_sys::LWLockMode::Type, f: impl FnOnce() -> R) -> R {
-    shared_memory::locked(shared.locks, i, mode, f)
+fn locked<R>(
+    shared: &Shared,
+    i: usize,
+    mode: pg_sys::LWLockMode::Type,
+    f: impl FnOnce() -> R,
+) -> R {
+    // SAFETY: the tranche attached with the segment has PARTITIONS + 1 locks; callers pass
+    // a partition number or PARTITIONS.
+    unsafe { shared_memory::locked(shared.locks, i, mode, f) }
 }
 
 fn hash_of(value: &impl Hash) -> u64 {
@@ -179,8 +186,14 @@ fn tag_set_number(shared: &Shared, tags: &TagSet) -> u16 {
         None
     };
     let dictionary = PARTITIONS;
-    let number = locked(shared, dictionary, pg_sys::LWLockMode::LW_SHARED, || find(false))
-        .or_else(|| locked(shared, dictionary, pg_sys::LWLockMode::LW_EXCLUSIVE, || find(true)));
+    let number = locked(shared, dictionary, pg_sys::LWLockMode::LW_SHARED, || {
+        find(false)
+    })
+    .or_else(|| {
+        locked(shared, dictionary, pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            find(true)
+        })
+    });
     // Remembered either way: a tag set that found no room is not looked for again.
     let n = number.unwrap_or(OTHER);
     KNOWN.with(|k| k.borrow_mut().insert(tags.clone(), n));

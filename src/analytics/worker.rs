@@ -87,7 +87,9 @@ fn flush_in(database: pg_sys::Oid) -> bool {
         .set_restart_time(None)
         .load_dynamic();
     let Ok(worker) = started else {
-        pgrx::log!("api_key: could not start a worker to write usage counts (max_worker_processes?)");
+        pgrx::log!(
+            "api_key: could not start a worker to write usage counts (max_worker_processes?)"
+        );
         return true;
     };
     shmem::note_connected(pg_sys::InvalidOid);
@@ -115,7 +117,9 @@ fn wait_for(worker: pgrx::bgworkers::DynamicBackgroundWorker) -> bool {
             Err(BackgroundWorkerStatus::Stopped) => return true,
             Err(BackgroundWorkerStatus::PostmasterDied) => return false,
             Ok(pid) if !terminated && std::time::Instant::now() > deadline => {
-                pgrx::log!("api_key: a usage flush took longer than {FLUSH_TIMEOUT:?}; stopping it");
+                pgrx::log!(
+                    "api_key: a usage flush took longer than {FLUSH_TIMEOUT:?}; stopping it"
+                );
                 // SAFETY: signals our own worker, which ends at its next interrupt check (its
                 // counts go back to shared memory with its transaction).
                 unsafe { libc::kill(pid, libc::SIGTERM) };

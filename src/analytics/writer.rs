@@ -129,16 +129,7 @@ fn write(counts: &[(Bucket, Counts)]) -> Result<i64, Error> {
                 TIMESTAMPTZOID,
                 TIMESTAMPTZOID,
             ];
-            let rolled = spi::statement(client, ROLLED_UP, &[], true)?;
-            let row = client.update(&*rolled, Some(1), &[]).map_err(spi::failed)?;
-            let row = row.first();
-            let through = |i: usize| {
-                row.get::<pgrx::datum::TimestampWithTimeZone>(i)
-                    .ok()
-                    .flatten()
-                    .map_or(i64::MIN, clock::micros_of)
-            };
-            let (hour_through, day_through) = (through(1), through(2));
+            let (hour_through, day_through) = rolled_up(client)?;
             let statement = spi::statement(client, UPSERT, &types, true)?;
             let written = client
                 .update(
@@ -161,6 +152,22 @@ fn write(counts: &[(Bucket, Counts)]) -> Result<i64, Error> {
     })
 }
 
+/// How far hour and day rows are rolled up (`i64::MIN`: not at all).
+fn rolled_up(client: &mut pgrx::spi::SpiClient<'_>) -> Result<(i64, i64), Error> {
+    let statement = spi::statement(client, ROLLED_UP, &[], true)?;
+    let rows = client
+        .update(&*statement, Some(1), &[])
+        .map_err(spi::failed)?;
+    let row = rows.first();
+    let through = |i: usize| {
+        row.get::<pgrx::datum::TimestampWithTimeZone>(i)
+            .ok()
+            .flatten()
+            .map_or(i64::MIN, clock::micros_of)
+    };
+    Ok((through(1), through(2)))
+}
+
 /// A timestamptz argument; `i64::MIN` (nothing rolled up yet) is -infinity.
 fn at(micros: i64) -> pgrx::datum::DatumWithOid<'static> {
     clock::timestamptz_arg(Some(micros))
@@ -174,28 +181,29 @@ fn roll_up_and_purge() -> Result<(), Error> {
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             use crate::pg::oids::*;
-            let rolled = spi::statement(client, ROLLED_UP, &[], true)?;
-            let row = client.update(&*rolled, Some(1), &[]).map_err(spi::failed)?;
-            let row = row.first();
-            let through = |i: usize| {
-                row.get::<pgrx::datum::TimestampWithTimeZone>(i)
-                    .ok()
-                    .flatten()
-                    .map_or(i64::MIN, clock::micros_of)
-            };
-            let (hour_from, day_from) = (through(1), through(2));
+            let (hour_from, day_from) = rolled_up(client)?;
             let hour_until = (now - ROLLUP_LAG).div_euclid(HOUR) * HOUR;
             let day_until = hour_until.div_euclid(DAY) * DAY;
-            let roll = spi::statement(client, ROLL_UP, &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID], true)?;
+            let roll = spi::statement(
+                client,
+                ROLL_UP,
+                &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID],
+                true,
+            )?;
             let mark = spi::statement(client, ROLLED_UP_TO, &[TEXTOID, TIMESTAMPTZOID], true)?;
-            for (from, until, source, target) in
-                [(hour_from, hour_until, "minute", "hour"), (day_from, day_until, "hour", "day")]
-            {
+            for (from, until, source, target) in [
+                (hour_from, hour_until, "minute", "hour"),
+                (day_from, day_until, "hour", "day"),
+            ] {
                 if until <= from {
                     continue;
                 }
                 client
-                    .update(&*roll, None, &[source.into(), at(from), at(until), target.into()])
+                    .update(
+                        &*roll,
+                        None,
+                        &[source.into(), at(from), at(until), target.into()],
+                    )
                     .map_err(spi::failed)?;
                 client
                     .update(&*mark, None, &[target.into(), at(until)])
@@ -203,7 +211,11 @@ fn roll_up_and_purge() -> Result<(), Error> {
             }
             let purge = spi::statement(client, PURGE, &[TEXTOID, TIMESTAMPTZOID], true)?;
             for (resolution, kept, rolled_until) in [
-                ("minute", USAGE_MINUTE_RETENTION.get(), hour_until.max(hour_from)),
+                (
+                    "minute",
+                    USAGE_MINUTE_RETENTION.get(),
+                    hour_until.max(hour_from),
+                ),
                 ("hour", USAGE_HOUR_RETENTION.get(), day_until.max(day_from)),
             ] {
                 let before = now.saturating_sub(kept as i64 * minute).min(rolled_until);
@@ -316,7 +328,11 @@ pub fn flush(
     if !locked {
         return Ok(None);
     }
-    let mut counts = if shared { shmem::take(before) } else { Vec::new() };
+    let mut counts = if shared {
+        shmem::take(before)
+    } else {
+        Vec::new()
+    };
     if own {
         counts.extend(local::take_all());
     }

@@ -96,13 +96,16 @@ unsafe extern "C-unwind" fn startup() {
 
 /// Runs `f` under lock `i` of a tranche. `f` must be plain Rust that cannot raise an ERROR,
 /// so that the lock is always released here.
-pub fn locked<R>(
+///
+/// # Safety
+/// `locks` is an attached tranche (as `Segment::attach` received it) with more than `i` locks.
+pub unsafe fn locked<R>(
     locks: *mut pg_sys::LWLockPadded,
     i: usize,
     mode: pg_sys::LWLockMode::Type,
     f: impl FnOnce() -> R,
 ) -> R {
-    // SAFETY: `locks` is an attached tranche with more than `i` locks (the callers' layout).
+    // SAFETY: the caller's promise.
     unsafe {
         let lock = &raw mut (*locks.add(i)).lock;
         pg_sys::LWLockAcquire(lock, mode);

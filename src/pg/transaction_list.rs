@@ -20,7 +20,11 @@ pub struct List<T: 'static> {
 
 trait Ends {
     fn end(&self, commit: bool);
-    fn end_savepoint(&self, sub: pg_sys::SubTransactionId, parent: Option<pg_sys::SubTransactionId>);
+    fn end_savepoint(
+        &self,
+        sub: pg_sys::SubTransactionId,
+        parent: Option<pg_sys::SubTransactionId>,
+    );
 }
 
 thread_local! {
@@ -73,8 +77,9 @@ impl<T: 'static> List<T> {
     /// out; all of them for None.
     fn take_from(&self, sub: Option<pg_sys::SubTransactionId>) -> Vec<T> {
         let mut items = self.items.borrow_mut();
-        let (out, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut *items).into_iter().partition(|(s, _)| sub.is_none_or(|sub| *s >= sub));
+        let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut *items)
+            .into_iter()
+            .partition(|(s, _)| sub.is_none_or(|sub| *s >= sub));
         *items = kept;
         out.into_iter().map(|(_, x)| x).collect()
     }
@@ -84,13 +89,21 @@ impl<T: 'static> Ends for List<T> {
     fn end(&self, commit: bool) {
         let items = self.take_from(None);
         if !items.is_empty() {
-            (if commit { self.committed } else { self.rolled_back })(items);
+            (if commit {
+                self.committed
+            } else {
+                self.rolled_back
+            })(items);
         }
     }
 
     /// `ROLLBACK TO SAVEPOINT` (parent None) hands the savepoint's values to `rolled_back`;
     /// `RELEASE` hands them to the enclosing level.
-    fn end_savepoint(&self, sub: pg_sys::SubTransactionId, parent: Option<pg_sys::SubTransactionId>) {
+    fn end_savepoint(
+        &self,
+        sub: pg_sys::SubTransactionId,
+        parent: Option<pg_sys::SubTransactionId>,
+    ) {
         match parent {
             None => {
                 let items = self.take_from(Some(sub));
@@ -99,7 +112,12 @@ impl<T: 'static> Ends for List<T> {
                 }
             }
             Some(parent) => {
-                for (s, _) in self.items.borrow_mut().iter_mut().filter(|(s, _)| *s == sub) {
+                for (s, _) in self
+                    .items
+                    .borrow_mut()
+                    .iter_mut()
+                    .filter(|(s, _)| *s == sub)
+                {
                     *s = parent;
                 }
             }
@@ -118,7 +136,9 @@ fn each(f: impl Fn(&dyn Ends)) {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => each(|l| l.end(true)),
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            each(|l| l.end(true))
+        }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => each(|l| l.end(false)),
         _ => {}
     }
@@ -133,7 +153,9 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     match event {
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => each(|l| l.end_savepoint(sub, None)),
-        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => each(|l| l.end_savepoint(sub, Some(parent))),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+            each(|l| l.end_savepoint(sub, Some(parent)))
+        }
         _ => {}
     }
 }

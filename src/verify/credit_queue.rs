@@ -164,21 +164,16 @@ pub fn with_requests<R>(f: impl FnOnce(&mut [Request]) -> R) -> Option<R> {
 /// Runs `f` with the requests and writers, under the queue's lock.
 fn with_queue<R>(f: impl FnOnce(&mut [Request], &mut [Writer]) -> R) -> Option<R> {
     let shared = shared()?;
-    Some(shared_memory::locked(
-        shared.locks,
-        0,
-        pg_sys::LWLockMode::LW_EXCLUSIVE,
-        || {
-            // SAFETY: the arrays of the segment, touched only under this lock.
-            let (requests, writers) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(shared.requests, REQUESTS),
-                    std::slice::from_raw_parts_mut(shared.writers, WRITERS),
-                )
-            };
-            f(requests, writers)
-        },
-    ))
+    // SAFETY: the tranche attached with the segment has one lock, and the segment's arrays
+    // are touched only under it.
+    Some(unsafe {
+        shared_memory::locked(shared.locks, 0, pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            f(
+                std::slice::from_raw_parts_mut(shared.requests, REQUESTS),
+                std::slice::from_raw_parts_mut(shared.writers, WRITERS),
+            )
+        })
+    })
 }
 
 fn database() -> Oid {
@@ -216,7 +211,9 @@ fn claim_writer(writers: &mut [Writer], database: Oid) -> Claim {
     if writer_of(writers, database).is_some() {
         return Claim::Exists;
     }
-    let stale = writers.iter().position(|w| w.used && w.database == database);
+    let stale = writers
+        .iter()
+        .position(|w| w.used && w.database == database);
     let Some(i) = stale.or_else(|| writers.iter().position(|w| !w.used)) else {
         return Claim::Full;
     };
@@ -234,7 +231,10 @@ fn claim_writer(writers: &mut [Writer], database: Oid) -> Claim {
 /// Forgets the writer entry of `database` (its writer could not start, or exited).
 pub fn release_writer(database: Oid) {
     with_queue(|_, writers| {
-        for w in writers.iter_mut().filter(|w| w.used && w.database == database) {
+        for w in writers
+            .iter_mut()
+            .filter(|w| w.used && w.database == database)
+        {
             w.used = false;
         }
     });
@@ -245,7 +245,10 @@ pub fn release_writer(database: Oid) {
 pub fn register_writer() -> bool {
     let (database, me) = (database(), my_proc_number());
     with_queue(|_, writers| {
-        match writers.iter_mut().find(|w| w.used && w.database == database) {
+        match writers
+            .iter_mut()
+            .find(|w| w.used && w.database == database)
+        {
             Some(w) => {
                 w.procno = me;
                 true
@@ -462,7 +465,8 @@ impl Waiting {
             unsafe {
                 pg_sys::WaitLatch(
                     pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
                     if locked { 20 } else { 1000 },
                     pg_sys::PG_WAIT_EXTENSION,
                 );
@@ -546,7 +550,11 @@ fn abandon(slot: usize) {
 fn lock_patience() -> std::time::Duration {
     // SAFETY: reads two integer settings of this backend.
     let (deadlock, lock) = unsafe { (pg_sys::DeadlockTimeout, pg_sys::LockTimeout) };
-    let ms = if lock > 0 { deadlock.min(lock) } else { deadlock };
+    let ms = if lock > 0 {
+        deadlock.min(lock)
+    } else {
+        deadlock
+    };
     std::time::Duration::from_millis(ms.max(1) as u64)
 }
 
@@ -601,7 +609,9 @@ fn refund(refunds: Vec<Spent>) {
             // No writer running: the launcher starts one for queued refunds.
             Some((_, Some(procno))) => wake(procno),
             Some((_, None)) => {}
-            None => pgrx::log!("api_key: the credit queue is full; a rolled-back spend stays spent"),
+            None => {
+                pgrx::log!("api_key: the credit queue is full; a rolled-back spend stays spent")
+            }
         }
     }
 }

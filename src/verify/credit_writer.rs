@@ -174,8 +174,13 @@ fn apply_in(client: &mut SpiClient<'_>, round: &[(usize, Request)]) -> Vec<(usiz
     }
     let lock = spi::statement(client, LOCK_KEY, &[UUIDOID], true).unwrap_or_else(|e| e.raise());
     let exists = spi::statement(client, KEY_EXISTS, &[UUIDOID], true).unwrap_or_else(|e| e.raise());
-    let store = spi::statement(client, STORE, &[UUIDOID, INT8OID, TIMESTAMPTZOID, BOOLOID], true)
-        .unwrap_or_else(|e| e.raise());
+    let store = spi::statement(
+        client,
+        STORE,
+        &[UUIDOID, INT8OID, TIMESTAMPTZOID, BOOLOID],
+        true,
+    )
+    .unwrap_or_else(|e| e.raise());
     let mut answers = Vec::with_capacity(round.len());
     // The table's lock only if it is free at once: a transaction that holds a conflicting one
     // (CREATE INDEX, LOCK TABLE) may be one of the verifications waiting for this round, and

@@ -26,10 +26,10 @@
 //! `last_used_at` is precise to the precision period plus the flush delay, best effort.
 
 use crate::gucs::LAST_USED_PRECISION;
+use crate::pg::bookkeeping;
 use crate::pg::compat::local_xid;
 use crate::pg::privileged::{as_extension_owner, keys_relation};
 use crate::pg::spi;
-use crate::pg::bookkeeping;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::RefCell;

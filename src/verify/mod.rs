@@ -423,7 +423,12 @@ pub fn api_key_verify_0_3(
 
 /// Verify a key and bind the current transaction to it, for row-level-security policies.
 /// Raises SQLSTATE 28000 with the verification code when the key is not valid.
-#[pg_extern(volatile, parallel_unsafe, security_definer, name = "api_key_authenticate")]
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_definer,
+    name = "api_key_authenticate"
+)]
 pub fn api_key_authenticate_0_3(
     key: Option<&str>,
     permissions: default!(Option<Jsonb>, "NULL"),

@@ -131,8 +131,8 @@ pub enum Spend {
 /// Spend `cost` credits of the key as `verify` read it (`updated_at`), refilling first when
 /// `refill_due` (the refill time `verify` read).
 pub fn spend(key_id: Uuid, cost: i32, refill_due: Option<i64>, now: i64, updated_at: i64) -> Spend {
-    use crate::pg::oids::*;
     use super::credit_queue::Outcome;
+    use crate::pg::oids::*;
     if let Some(answer) = credit_queue::spend(key_id, cost as i64, refill_due, now, updated_at) {
         match answer.outcome {
             Outcome::Spent => return Spend::Spent(answer.left),
@@ -344,7 +344,7 @@ pub fn admit(key_id: Uuid, max: i32, window: Interval, now: i64, updated_at: i64
             lock.release();
             return Admission::KeyChanged;
         }
-        if !lookup::window_end_in_table(key_id).is_some_and(|end| end > now) {
+        if lookup::window_end_in_table(key_id).is_none_or(|end| end <= now) {
             let checked = rate_limit_shmem::admit(key, max, opens_until, now, Opening::Checked);
             if let Some(admission) = Admission::of_shared_memory(checked, key, now) {
                 lock.release();
