@@ -77,6 +77,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 fn flush_in(database: pg_sys::Oid) -> bool {
     // SAFETY: reads this process's pid.
     let me = unsafe { pg_sys::MyProcPid };
+    // Cleared before the worker starts: it notes its database once connected.
+    shmem::note_connected(pg_sys::InvalidOid);
     let started = BackgroundWorkerBuilder::new("api_key usage flush")
         .set_type("api_key usage flush")
         .set_function("api_key_usage_flush")
@@ -92,7 +94,6 @@ fn flush_in(database: pg_sys::Oid) -> bool {
         );
         return true;
     };
-    shmem::note_connected(pg_sys::InvalidOid);
     let stopped = wait_for(worker);
     if stopped && shmem::connected() != database {
         // It could not connect: the database was dropped (or takes no connections). Its
